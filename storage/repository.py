@@ -1,0 +1,181 @@
+"""The base of every resource repository: typed reads, JSON-preserving upserts, bbox and search."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from storage import geometry
+
+if TYPE_CHECKING:
+    from storage.store import Store
+
+R = TypeVar("R")
+
+BBox = tuple[float, float, float, float]  # min_lon, min_lat, max_lon, max_lat
+
+
+class BadBBox(ValueError):
+    """A bounding box that is not four finite numbers in WGS84 order."""
+
+
+def check_bbox(bbox: Iterable[float]) -> BBox:
+    values = tuple(float(v) for v in bbox)
+    if len(values) != 4:
+        raise BadBBox(f"bbox needs 4 numbers min_lon,min_lat,max_lon,max_lat, got {len(values)}")
+    min_lon, min_lat, max_lon, max_lat = values
+    if not (-180 <= min_lon <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90):
+        raise BadBBox(f"bbox {values} is not min_lon,min_lat,max_lon,max_lat within WGS84 ranges")
+    return min_lon, min_lat, max_lon, max_lat
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+class Repository(Generic[R]):
+    """Rows of one collection of the tenant document, keyed by the CRDT record id.
+
+    Subclasses name their table, typed columns and record type; geometry-bearing ones also
+    say how to turn the record's GeoJSON into the column's geometry type.
+    """
+
+    table: ClassVar[str]
+    record_type: ClassVar[type[Any]]
+    columns: ClassVar[tuple[str, ...]]
+    search_columns: ClassVar[tuple[str, ...]] = ("name",)
+    geometry_column: ClassVar[str | None] = None
+    geometry_sql: ClassVar[str] = "GeomFromWKB(?, 4326)"
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        cols = ["id", *self.columns, "data", "invalid_reason"]
+        placeholders = ["?"] * len(cols)
+        if self.geometry_column:
+            cols.append(self.geometry_column)
+            placeholders.append(self.geometry_sql)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
+        # ON CONFLICT DO UPDATE keeps `fid`, so the spatial index entry is updated in place.
+        self._upsert_sql = (
+            f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join(placeholders)}) "
+            f"ON CONFLICT(id) DO UPDATE SET {updates}"
+        )
+        self._select = f"SELECT id, {', '.join(self.columns)}, data, invalid_reason FROM {self.table}"
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def derived_columns(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Column values computed from the record rather than copied (circle centres, say)."""
+        return {}
+
+    def geometry_wkb(self, fields: Mapping[str, Any]) -> bytes | None:
+        return None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _record(self, row: Any) -> R:
+        values = dict(zip(row.keys(), tuple(row), strict=True))
+        values["data"] = json.loads(values["data"])
+        names = {f.name for f in dataclasses.fields(self.record_type)}
+        return self.record_type(**{k: v for k, v in values.items() if k in names})  # type: ignore[no-any-return]
+
+    def get(self, record_id: str) -> R | None:
+        rows = self._store.query(f"{self._select} WHERE id = ?", (record_id,))
+        return self._record(rows[0]) if rows else None
+
+    def list(self, *, limit: int | None = None, offset: int = 0, order_by: str = "name") -> builtins.list[R]:
+        if order_by not in ("name", "id", "updated_at", "fid"):
+            raise ValueError(f"cannot order {self.table} by {order_by!r}")
+        sql = f"{self._select} ORDER BY {order_by} COLLATE NOCASE, id LIMIT ? OFFSET ?"
+        rows = self._store.query(sql, (-1 if limit is None else limit, offset))
+        return [self._record(row) for row in rows]
+
+    def count(self) -> int:
+        return int(self._store.scalar(f"SELECT count(*) FROM {self.table}"))
+
+    def ids(self) -> set[str]:
+        return {row[0] for row in self._store.query(f"SELECT id FROM {self.table}")}
+
+    def search(self, text: str, *, limit: int = 100) -> builtins.list[R]:
+        """Case-insensitive substring search over the human-facing text columns."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in self.search_columns)
+        sql = f"{self._select} WHERE {where} ORDER BY name COLLATE NOCASE, id LIMIT ?"
+        rows = self._store.query(sql, (*([pattern] * len(self.search_columns)), limit))
+        return [self._record(row) for row in rows]
+
+    def stored_rows(self) -> dict[str, tuple[Any, ...]]:
+        """Every row as upsert would write it (geometry as WKB), keyed by id: for consistency checks."""
+        geometry_sql = f", AsBinary({self.geometry_column})" if self.geometry_column else ""
+        rows = self._store.query(
+            f"SELECT id, {', '.join(self.columns)}, data, invalid_reason{geometry_sql} FROM {self.table}"
+        )
+        return {row[0]: tuple(bytes(v) if isinstance(v, (bytes, memoryview)) else v for v in row) for row in rows}
+
+    def expected_row(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None) -> tuple[Any, ...]:
+        return self._row(record_id, fields, invalid_reason)
+
+    def invalid(self) -> builtins.list[R]:
+        rows = self._store.query(f"{self._select} WHERE invalid_reason IS NOT NULL ORDER BY name")
+        return [self._record(row) for row in rows]
+
+    def in_bbox(self, bbox: Iterable[float]) -> builtins.list[R]:
+        """Records whose geometry intersects the box, found through the R*Tree spatial index."""
+        if not self.geometry_column:
+            raise TypeError(f"{self.table} has no geometry")
+        min_lon, min_lat, max_lon, max_lat = check_bbox(bbox)
+        column = self.geometry_column
+        sql = (
+            f"{self._select} WHERE fid IN (SELECT pkid FROM idx_{self.table}_{column} "
+            "WHERE xmin <= ? AND xmax >= ? AND ymin <= ? AND ymax >= ?) "
+            f"AND Intersects({column}, BuildMbr(?, ?, ?, ?, 4326)) ORDER BY name"
+        )
+        params = (max_lon, min_lon, max_lat, min_lat, min_lon, min_lat, max_lon, max_lat)
+        return [self._record(row) for row in self._store.query(sql, params)]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _row(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None) -> tuple[Any, ...]:
+        derived = self.derived_columns(fields)
+        values: list[Any] = [record_id]
+        values.extend(_column_value(derived[c] if c in derived else fields.get(c)) for c in self.columns)
+        values.append(json.dumps(dict(fields), separators=(",", ":"), sort_keys=True, default=str))
+        wkb = self.geometry_wkb(fields) if self.geometry_column else None
+        if self.geometry_column and wkb is None and fields.get("geometry") is not None and not invalid_reason:
+            invalid_reason = "geometry: cannot be read as GeoJSON"
+        values.append(invalid_reason)
+        if self.geometry_column:
+            values.append(wkb)
+        return tuple(values)
+
+    def upsert(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None = None) -> None:
+        """Write the record as it is in the document. Invalid records are kept, with the reason."""
+        self.upsert_many([(record_id, fields, invalid_reason)])
+
+    def upsert_many(self, items: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> int:
+        rows = [self._row(record_id, fields, reason) for record_id, fields, reason in items]
+        with self._store.transaction() as conn:
+            conn.executemany(self._upsert_sql, rows)
+        return len(rows)
+
+    def delete(self, record_id: str) -> bool:
+        with self._store.transaction() as conn:
+            return bool(conn.execute(f"DELETE FROM {self.table} WHERE id = ?", (record_id,)).rowcount)
+
+    def delete_many(self, record_ids: Iterable[str]) -> None:
+        with self._store.transaction() as conn:
+            conn.executemany(f"DELETE FROM {self.table} WHERE id = ?", [(i,) for i in record_ids])
+
+    def clear(self) -> None:
+        with self._store.transaction() as conn:
+            conn.execute(f"DELETE FROM {self.table}")
+
+
+__all__ = ["BBox", "BadBBox", "Repository", "check_bbox", "geometry"]

@@ -1,0 +1,46 @@
+"""Planned routes (LINESTRING 4326) with their corridor width, mirrored from the document."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NewType
+
+from storage import geometry
+from storage.repository import Repository
+
+RouteId = NewType("RouteId", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: RouteId
+    name: str | None
+    vehicle_id: str | None
+    stops: str | None
+    corridor_m: float | None
+    planned_start: str | None
+    notes: str | None
+    created_at: str | None
+    updated_at: str | None
+    data: dict[str, Any]
+    invalid_reason: str | None
+
+
+class RouteRepository(Repository[Route]):
+    table = "routes"
+    record_type = Route
+    columns = ("name", "vehicle_id", "stops", "corridor_m", "planned_start", "notes", "created_at", "updated_at")
+    geometry_column = "geometry"
+
+    def derived_columns(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        corridor = fields.get("corridor_m")
+        return {"corridor_m": 100.0 if corridor is None else corridor}
+
+    def geometry_wkb(self, fields: Mapping[str, Any]) -> bytes | None:
+        geom = geometry.from_geojson(fields.get("geometry"))
+        return geometry.to_wkb(geom) if geom is not None and geom.geom_type == "LineString" else None
+
+    def for_vehicle(self, vehicle_id: str) -> list[Route]:
+        rows = self._store.query(f"{self._select} WHERE vehicle_id = ? ORDER BY name", (vehicle_id,))
+        return [self._record(row) for row in rows]

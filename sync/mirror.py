@@ -1,0 +1,217 @@
+"""Keeps the SpatiaLite tables equal to the tenant document, with the CRDT update log written in
+the same SQLite transaction as the tables, so a crash can never leave the two apart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Doc, merge_updates
+
+from storage import Store
+from storage.repository import Repository
+from sync.document import Changes, FleetDocument, Record
+from sync.schema import COLLECTIONS
+from sync.validation import problems
+
+log = logging.getLogger(__name__)
+
+# Above this many touched records, decode the whole collection in one pass instead of one by one.
+BULK_DECODE_THRESHOLD = 500
+
+
+@dataclass(frozen=True)
+class MirrorChange:
+    """One committed change to the store: what the UI refreshes and the sync client sends."""
+
+    origin: str  # "local" or "remote"
+    touched: dict[str, set[str]]
+    local_updates: list[tuple[int, bytes]] = field(default_factory=list)  # (log seq, update)
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    rewritten: int
+    removed: int
+
+    @property
+    def clean(self) -> bool:
+        return not (self.rewritten or self.removed)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    folded_rows: int
+    snapshot_bytes: int
+
+
+class CompactionNotLossless(RuntimeError):
+    """The merged snapshot did not reproduce the document; nothing was deleted."""
+
+
+def invalid_reason(collection: str, record: Mapping[str, Any]) -> str | None:
+    found = problems(collection, record)
+    return "; ".join(f"{p.field}: {p.reason}" for p in found) if found else None
+
+
+def doc_from_updates(updates: list[bytes]) -> FleetDocument:
+    document = FleetDocument(Doc())
+    for update in updates:
+        document.apply_update(update)
+    document.take_changes()
+    return document
+
+
+class Mirror:
+    """The client's replica: a FleetDocument whose every change lands in the Store atomically."""
+
+    def __init__(self, store: Store, document: FleetDocument | None = None) -> None:
+        self.store = store
+        self.document = document if document is not None else FleetDocument()
+        self.lock = threading.RLock()
+        self._listeners: list[Callable[[MirrorChange], None]] = []
+        self._repositories: dict[str, Repository[Any]] = {
+            "vehicles": store.vehicles, "drivers": store.drivers,
+            "routes": store.routes, "geofences": store.geofences,
+        }
+
+    @classmethod
+    def open(cls, store: Store) -> Mirror:
+        """Rebuild the document from the log, then check the tables against it and repair them."""
+        mirror = cls(store)
+        mirror.load()
+        return mirror
+
+    def load(self) -> RepairReport:
+        with self.lock:
+            for entry in self.store.sync_log.entries():
+                self.document.apply_update(entry.payload)
+            self.document.take_changes()
+            report = self.verify_and_repair()
+        if not report.clean:
+            log.warning("local store repaired from the update log: %s rewritten, %s removed",
+                        report.rewritten, report.removed)
+        return report
+
+    def subscribe(self, listener: Callable[[MirrorChange], None]) -> Callable[[], None]:
+        """Call listener after every committed change; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def edit(self) -> Iterator[FleetDocument]:
+        """A local transaction on the document; its update and the tables commit together after it."""
+        with self.lock:
+            with self.document.transaction(origin="local"):
+                yield self.document
+            change = self._commit(self.document.take_changes(), "local", raw_update=None)
+        self._notify(change)
+
+    def apply_remote(self, update: bytes) -> MirrorChange | None:
+        """Merge an update from the network and mirror what it changed."""
+        with self.lock:
+            self.document.apply_update(update)
+            # The raw bytes go to the log, not the observed delta: an update whose dependencies
+            # have not arrived yet is held pending by the Doc and must survive a restart too.
+            change = self._commit(self.document.take_changes(), "remote", raw_update=update)
+        self._notify(change)
+        return change
+
+    def _commit(self, changes: Changes, origin: str, raw_update: bytes | None) -> MirrorChange | None:
+        if not changes and raw_update is None:
+            return None
+        local_updates: list[tuple[int, bytes]] = []
+        with self.store.transaction():
+            if raw_update is not None:
+                self.store.sync_log.append(raw_update, origin)
+            else:
+                for update in changes.updates:
+                    local_updates.append((self.store.sync_log.append(update, origin), update))
+            self._write_records(changes.touched)
+        if not changes.record_count() and not local_updates:
+            return None
+        return MirrorChange(origin, changes.touched, local_updates)
+
+    def _write_records(self, touched: dict[str, set[str]]) -> None:
+        for collection, ids in touched.items():
+            if not ids:
+                continue
+            repository = self._repositories[collection]
+            if len(ids) > BULK_DECODE_THRESHOLD:
+                everything = self.document.records(collection)
+                found: dict[str, Record | None] = {rid: everything.get(rid) for rid in ids}
+            else:
+                found = {rid: self.document.record(collection, rid) for rid in ids}
+            repository.upsert_many(
+                (rid, record, invalid_reason(collection, record)) for rid, record in found.items() if record is not None
+            )
+            repository.delete_many(rid for rid, record in found.items() if record is None)
+
+    def _notify(self, change: MirrorChange | None) -> None:
+        if change is None:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # one broken listener must not stop the others or the sync
+                log.exception("mirror listener failed")
+
+    # -- checking ------------------------------------------------------------------------------
+
+    def verify_and_repair(self) -> RepairReport:
+        """Make every table row equal the document (data and validity), and drop rows it lacks."""
+        rewritten = removed = 0
+        with self.lock:
+            for collection in COLLECTIONS:
+                repository = self._repositories[collection]
+                records = self.document.records(collection)
+                rows = repository.stored_rows()
+                stale = []
+                for rid, record in records.items():
+                    reason = invalid_reason(collection, record)
+                    if rows.get(rid) != repository.expected_row(rid, record, reason):
+                        stale.append((rid, record, reason))
+                extra = [rid for rid in rows if rid not in records]
+                if stale or extra:
+                    with self.store.transaction():
+                        repository.upsert_many(stale)
+                        repository.delete_many(extra)
+                rewritten += len(stale)
+                removed += len(extra)
+        return RepairReport(rewritten, removed)
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def compact(self) -> CompactionResult:
+        """Fold old log rows into one snapshot, after proving the snapshot loses nothing.
+
+        Unacknowledged local rows and everything after them stay as they are, so the pending
+        count and the acks keep working on their sequence numbers.
+        """
+        with self.lock:
+            entries = self.store.sync_log.entries()
+            unacked = [e.seq for e in entries if e.origin == "local" and not e.acked]
+            limit = (min(unacked) - 1) if unacked else (entries[-1].seq if entries else 0)
+            folded = [e for e in entries if e.seq <= limit]
+            if len(folded) < 2:
+                return CompactionResult(0, 0)
+            kept = [e.payload for e in entries if e.seq > limit]
+            snapshot = merge_updates(*[e.payload for e in folded])
+            original = doc_from_updates([e.payload for e in entries])
+            candidate = doc_from_updates([snapshot, *kept])
+            if (
+                candidate.snapshot() != original.snapshot()
+                or candidate.get_state() != original.get_state()
+                or candidate.snapshot() != self.document.snapshot()
+            ):
+                raise CompactionNotLossless(
+                    f"merging log rows 1..{limit} changed the document; the log was left untouched"
+                )
+            self.store.sync_log.replace_with_snapshot(limit, snapshot)
+            return CompactionResult(len(folded), len(snapshot))

@@ -1,0 +1,411 @@
+"""Record validation shared by desktop clients and the server, so every replica flags the same records.
+
+Validation reports problems and never rejects: a merged CRDT update is kept even when it breaks a rule.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import shapely
+from shapely.geometry import LineString, MultiPolygon, Point, Polygon
+from shapely.geometry.base import BaseGeometry
+from shapely.validation import explain_validity
+
+from storage import geometry
+from sync.schema import COLLECTIONS, FIELDS, NAME_MAX_LENGTH, FieldSpec
+
+MAX_VERTICES = 10_000
+
+# Deliberately loose: the point is catching typos such as a missing "@", not RFC 5322 conformance.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+_REPR_LIMIT = 60
+RECORD_FIELD = "(record)"
+
+Position = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    reason: str
+
+
+class UnknownCollection(ValueError):
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"unknown collection {collection!r}; expected one of {', '.join(COLLECTIONS)}")
+        self.collection = collection
+
+
+class ValidationError(ValueError):
+    def __init__(self, collection: str, problems: Sequence[Problem]) -> None:
+        # Passing the constructor arguments to ValueError keeps the exception picklable.
+        super().__init__(collection, tuple(problems))
+        self.collection = collection
+        self.problems: list[Problem] = list(problems)
+
+    def __str__(self) -> str:
+        return "; ".join(f"{self.collection}.{p.field}: {p.reason}" for p in self.problems)
+
+    @property
+    def field(self) -> str:
+        return self.problems[0].field if self.problems else ""
+
+    @property
+    def reason(self) -> str:
+        return self.problems[0].reason if self.problems else ""
+
+
+class GeometryError(ValueError):
+    """A GeoJSON geometry that cannot be used; ``field`` and ``reason`` match a ``Problem``."""
+
+    def __init__(self, reason: str, field: str = "geometry") -> None:
+        super().__init__(reason, field)
+        self.reason = reason
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+def problems(collection: str, record: Mapping[str, object]) -> list[Problem]:
+    """Every rule the record breaks, in field order; empty when the record is valid."""
+    if collection not in COLLECTIONS:
+        raise UnknownCollection(collection)
+    # The signature promises a Mapping, but records arrive from other replicas, so check anyway.
+    if not isinstance(record, Mapping):
+        return [Problem(RECORD_FIELD, f"must be an object (got {_type_name(record)})")]
+
+    specs = FIELDS[collection]
+    found: list[Problem] = []
+    for spec in specs.values():
+        value = record.get(spec.name)
+        if value is None:
+            if spec.required:
+                found.append(Problem(spec.name, "is required"))
+            continue
+        found.extend(Problem(spec.name, reason) for reason in _field_reasons(spec, value))
+
+    for key, value in record.items():
+        if not isinstance(key, str):
+            found.append(Problem(_short_repr(key), "field names must be strings"))
+        elif key not in specs:
+            reason = _json_reason(value)
+            if reason is not None:
+                found.append(Problem(key, reason))
+
+    if collection == "geofences":
+        geometry = record.get("geometry")
+        if (
+            isinstance(geometry, Mapping)
+            and geometry.get("type") == "Point"
+            and record.get("radius_m") is None
+        ):
+            found.append(Problem("radius_m", "is required when geometry is a Point (a circle)"))
+    return found
+
+
+def validate_record(collection: str, record: Mapping[str, object]) -> None:
+    """Raise ValidationError listing every problem, or return when the record is valid."""
+    found = problems(collection, record)
+    if found:
+        raise ValidationError(collection, found)
+
+
+def geometry_from_geojson(value: object, allowed: tuple[str, ...]) -> BaseGeometry:
+    """A valid shapely geometry from a GeoJSON geometry object, or GeometryError saying why not."""
+    geom, reason = _read_geometry(value, allowed)
+    if geom is None:
+        raise GeometryError(reason or "could not be read")
+    return geom
+
+
+def geometry_problems(value: object, allowed: tuple[str, ...]) -> list[str]:
+    """The reasons a GeoJSON geometry is unusable, empty when it is fine."""
+    _, reason = _read_geometry(value, allowed)
+    return [] if reason is None else [reason]
+
+
+def circle_polygon(lon: float, lat: float, radius_m: float, segments: int = 64) -> Polygon:
+    """A polygon approximating a circle on the ground (local equirectangular; fine below ~50 km)."""
+    if not (math.isfinite(lon) and math.isfinite(lat)):
+        raise ValueError(f"centre must be finite (got {lon!r}, {lat!r})")
+    if not (math.isfinite(radius_m) and radius_m > 0):
+        raise ValueError(f"radius_m must be a positive number (got {radius_m!r})")
+    if segments < 3:
+        raise ValueError(f"segments must be at least 3 (got {segments})")
+    return geometry.circle_polygon(lon, lat, radius_m, segments)
+
+
+def _field_reasons(spec: FieldSpec, value: object) -> list[str]:
+    if spec.kind == "string":
+        return _string_reasons(spec, value)
+    if spec.kind == "enum":
+        choices = spec.choices or ()
+        if isinstance(value, str) and value in choices:
+            return []
+        return [f"must be one of {', '.join(choices)} (got {_short_repr(value)})"]
+    if spec.kind == "number":
+        return _number_reasons(spec, value)
+    if spec.kind == "bool":
+        return [] if isinstance(value, bool) else [f"must be true or false (got {_short_repr(value)})"]
+    if spec.kind == "email":
+        if isinstance(value, str) and _EMAIL.match(value):
+            return []
+        return [f"must be an email address like name@example.com (got {_short_repr(value)})"]
+    if spec.kind == "date":
+        if isinstance(value, str) and _parses_as_date(value):
+            return []
+        return [f"must be an ISO date like 2030-12-31 (got {_short_repr(value)})"]
+    if spec.kind == "datetime":
+        if isinstance(value, str) and _parses_as_datetime(value):
+            return []
+        return [f"must be an ISO 8601 datetime like 2030-12-31T08:00:00Z (got {_short_repr(value)})"]
+    if spec.kind == "ref":
+        if isinstance(value, str) and value.strip():
+            return []
+        return [f"must be a {spec.references or 'record'} id or null (got {_short_repr(value)})"]
+    if spec.kind == "geometry":
+        return geometry_problems(value, spec.geometry_types or ())
+    if spec.kind == "stops":
+        return _stops_reasons(value)
+    raise AssertionError(f"schema kind {spec.kind!r} has no validator")
+
+
+def _string_reasons(spec: FieldSpec, value: object) -> list[str]:
+    if not isinstance(value, str):
+        return [f"must be a string (got {_type_name(value)})"]
+    if spec.required and not value.strip():
+        return ["is required"]
+    if spec.max_length is not None and len(value) > spec.max_length:
+        return [f"must be at most {spec.max_length} characters (got {len(value)})"]
+    return []
+
+
+def _number_reasons(spec: FieldSpec, value: object) -> list[str]:
+    # bool is an int subclass, but true as a speed limit is a bug, not a number.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return [f"must be a number (got {_type_name(value)})"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"must be a finite number (got {value!r})"]
+    low, high = spec.exclusive_minimum, spec.maximum
+    if (low is not None and value <= low) or (high is not None and value > high):
+        if low is not None and high is not None:
+            return [f"must be greater than {_num(low)} and at most {_num(high)} (got {_num(value)})"]
+        if low is not None:
+            return [f"must be greater than {_num(low)} (got {_num(value)})"]
+        return [f"must be at most {_num(high or 0)} (got {_num(value)})"]
+    return []
+
+
+def _stops_reasons(value: object) -> list[str]:
+    if not isinstance(value, list):
+        return [f"must be a list of {{name, lon, lat}} objects (got {_type_name(value)})"]
+    reasons: list[str] = []
+    for index, stop in enumerate(value):
+        where = f"stop {index}"
+        if not isinstance(stop, Mapping):
+            reasons.append(f"{where} must be an object with name, lon and lat (got {_type_name(stop)})")
+            continue
+        name = stop.get("name")
+        if not isinstance(name, str) or not name.strip():
+            reasons.append(f"{where} name must be a non-empty string (got {_short_repr(name)})")
+        elif len(name) > NAME_MAX_LENGTH:
+            reasons.append(f"{where} name must be at most {NAME_MAX_LENGTH} characters (got {len(name)})")
+        reason = _lon_lat_reason(stop.get("lon"), stop.get("lat"))
+        if reason is not None:
+            reasons.append(f"{where} {reason}")
+        for key, extra in stop.items():
+            if key in ("name", "lon", "lat"):
+                continue
+            if not isinstance(key, str):
+                reasons.append(f"{where} field names must be strings")
+                continue
+            extra_reason = _json_reason(extra)
+            if extra_reason is not None:
+                reasons.append(f"{where} {key} {extra_reason}")
+    return reasons
+
+
+def _lon_lat_reason(lon: object, lat: object) -> str | None:
+    return _coordinate_reason("lon", lon, 180) or _coordinate_reason("lat", lat, 90)
+
+
+def _coordinate_reason(label: str, number: object, limit: int) -> str | None:
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        return f"{label} must be a number (got {_short_repr(number)})"
+    if isinstance(number, float) and not math.isfinite(number):
+        return f"{label} must be a finite number (got {number!r})"
+    if not -limit <= number <= limit:
+        return f"{label} must be between -{limit} and {limit} (got {_num(number)})"
+    return None
+
+
+class _Malformed(Exception):
+    """Internal: a GeoJSON structure problem, caught and turned into a reason."""
+
+
+class _Reader:
+    """Walks GeoJSON coordinates, checking shape, ranges and the vertex budget as it goes."""
+
+    def __init__(self) -> None:
+        self.vertices = 0
+
+    def position(self, value: object, where: str) -> Position:
+        if not isinstance(value, list) or len(value) not in (2, 3):
+            raise _Malformed(f"{where} must be a [lon, lat] position (got {_short_repr(value)})")
+        self.vertices += 1
+        # Checked per vertex so a huge payload is abandoned early instead of being walked in full.
+        if self.vertices > MAX_VERTICES:
+            raise _Malformed(f"has more than {MAX_VERTICES} vertices")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise _Malformed(f"{where} must contain numbers (got {_short_repr(value)})")
+        reason = _lon_lat_reason(value[0], value[1])
+        if reason is not None:
+            raise _Malformed(f"{where} {reason}")
+        return (float(value[0]), float(value[1]))
+
+    def positions(self, value: object, where: str, minimum: int) -> list[Position]:
+        if not isinstance(value, list):
+            raise _Malformed(f"{where} must be a list of positions (got {_type_name(value)})")
+        if len(value) < minimum:
+            raise _Malformed(f"{where} must have at least {minimum} positions (got {len(value)})")
+        return [self.position(item, f"{where} position {i}") for i, item in enumerate(value)]
+
+    def polygon(self, value: object, where: str) -> Polygon:
+        if not isinstance(value, list) or not value:
+            raise _Malformed(f"{where} must be a non-empty list of linear rings (got {_short_repr(value)})")
+        rings: list[list[Position]] = []
+        for index, ring_value in enumerate(value):
+            ring_where = f"{where} ring {index}"
+            ring = self.positions(ring_value, ring_where, minimum=4)
+            # RFC 7946 requires closed rings; shapely would silently close them, hiding a broken writer.
+            if ring[0] != ring[-1]:
+                raise _Malformed(f"{ring_where} must be closed (first and last positions equal)")
+            rings.append(ring)
+        return Polygon(rings[0], rings[1:])
+
+
+def _read_geometry(value: object, allowed: tuple[str, ...]) -> tuple[BaseGeometry | None, str | None]:
+    expected = " or ".join(allowed) if allowed else "no geometry"
+    if not isinstance(value, Mapping):
+        return None, f"must be a GeoJSON {expected} object (got {_type_name(value)})"
+    kind = value.get("type")
+    if not isinstance(kind, str) or kind not in allowed:
+        return None, f"must be a GeoJSON {expected} (got type {_short_repr(kind)})"
+    if "coordinates" not in value:
+        return None, f"{kind} has no coordinates"
+    coordinates = value["coordinates"]
+    reader = _Reader()
+    geom: BaseGeometry
+    try:
+        if kind == "Point":
+            lon, lat = reader.position(coordinates, "coordinates")
+            geom = Point(lon, lat)
+        elif kind == "LineString":
+            geom = LineString(reader.positions(coordinates, "coordinates", minimum=2))
+        elif kind == "Polygon":
+            geom = reader.polygon(coordinates, "coordinates")
+        elif kind == "MultiPolygon":
+            if not isinstance(coordinates, list) or not coordinates:
+                return (
+                    None,
+                    f"coordinates must be a non-empty list of polygons (got {_short_repr(coordinates)})",
+                )
+            geom = MultiPolygon([reader.polygon(part, f"polygon {i}") for i, part in enumerate(coordinates)])
+        else:
+            return None, f"GeoJSON type {kind} is not supported here"
+    except _Malformed as exc:
+        return None, str(exc)
+    except (shapely.errors.GEOSException, ValueError, TypeError) as exc:
+        # Structure was checked above, so this is a GEOS corner case; report it rather than crash a merge.
+        return None, f"could not be read: {exc}"
+
+    if isinstance(geom, Polygon | MultiPolygon) and not geom.is_valid:
+        label = "polygon" if isinstance(geom, Polygon) else "multipolygon"
+        return None, f"{label} is invalid: {explain_validity(geom)}"
+    return geom, None
+
+
+def _json_reason(value: object) -> str | None:
+    """Why a value is not a JSON value, or None; iterative so deep nesting cannot blow the stack."""
+    stack: list[object] = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, bool | int | str):
+            continue
+        if isinstance(item, list | Mapping):
+            # Reached twice means shared (already checked) or a cycle; skipping it stops an endless walk.
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"must be a JSON value (got {item!r})"
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, Mapping):
+            for key, nested in item.items():
+                if not isinstance(key, str):
+                    return f"must be a JSON value (object key {_short_repr(key)} is not a string)"
+                stack.append(nested)
+        else:
+            return f"must be a JSON value (got {_type_name(item)})"
+    return None
+
+
+def _parses_as_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parses_as_datetime(text: str) -> bool:
+    # A bare date also parses as a datetime, but a timestamp without a time is almost always a bug.
+    if _parses_as_date(text):
+        return False
+    candidate = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+    try:
+        datetime.fromisoformat(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def _short_repr(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:
+        # Python refuses to print ints beyond sys.get_int_max_str_digits(); such a value is still a problem.
+        return f"<{_type_name(value)}>"
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return _short_repr(value)
+    return str(int(value)) if value.is_integer() else repr(value)
