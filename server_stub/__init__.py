@@ -1,1 +1,2 @@
 """server_stub package."""
+__version__ = "0.1.0"

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import getpass
+import importlib
+import inspect
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from server_stub import accounts
+from server_stub.config import ConfigError, Settings, default_database_url
+from server_stub.db import Database, DatabaseError, DatabaseURLError, open_database
+from server_stub.db import migrations as db_migrations
+from storage.spatialite import ExtensionLoadingUnsupported, SpatialiteNotFound
+
+T = TypeVar("T")
+PROG = "webhost-server"
 
 SUBCOMMANDS = {
     "serve": "run the sync server",
@@ -17,18 +34,225 @@ SUBCOMMANDS = {
 }
 
 
+class CliError(Exception):
+    """A failure to report as one line on stderr with this exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    env = dict(os.environ)
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
+    return env
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    # Most commands need only the URL, so a missing production secret must not block them.
+    return _env(args).get("DATABASE_URL") or default_database_url()
+
+
+def _with_db(url: str, action: Callable[[Database], Awaitable[T]], *, require_schema: bool = True) -> T:
+    async def run() -> T:
+        db = await open_database(url)
+        try:
+            if require_schema and await db_migrations.pending(db):
+                raise CliError(f"the database is not migrated yet; run `{PROG} migrate` first")
+            return await action(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _password(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    if args.password:
+        return str(args.password)
+    if env.get("WEBHOST_PASSWORD"):
+        return env["WEBHOST_PASSWORD"]
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise CliError("the passwords do not match")
+        return first
+    raise CliError("no password given: use --password, set WEBHOST_PASSWORD, or run in a terminal to be asked", 2)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = _with_db(_database_url(args), db_migrations.migrate, require_schema=False)
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_create_tenant(args: argparse.Namespace) -> int:
+    tenant = _with_db(_database_url(args), lambda db: accounts.create_tenant(db, args.name, args.plan))
+    print(tenant.id)
+    return 0
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    password = _password(args, _env(args))
+    user = _with_db(
+        _database_url(args), lambda db: accounts.create_user(db, args.email, password, args.role, args.tenant)
+    )
+    print(user.id)
+    return 0
+
+
+def cmd_create_api_key(args: argparse.Namespace) -> int:
+    scopes = [s for s in args.scopes.split(",") if s.strip()]
+    key, secret = _with_db(
+        _database_url(args), lambda db: accounts.create_api_key(db, args.tenant, args.name, scopes, args.role)
+    )
+    print(
+        f"API key {key.name!r} ({key.prefix}…, scopes {','.join(key.scopes)}, role {key.role}) created.",
+        file=sys.stderr,
+    )
+    print("Store this secret now: it will not be shown again.", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+async def _extension_lines(db: Database) -> tuple[list[str], int]:
+    installed = await db.extensions()
+    if db.dialect == "sqlite":
+        return [f"spatialite: present ({installed['spatialite']})"], 0
+    from server_stub.db.postgres import PostgresDatabase
+
+    assert isinstance(db, PostgresDatabase)
+    available = await db.available_extensions()
+    lines, code = [], 0
+    if installed["postgis"]:
+        lines.append(f"postgis: present ({installed['postgis']})")
+    elif available["postgis"]:
+        lines.append(f"postgis: available ({available['postgis']}), not enabled yet — `{PROG} migrate` enables it")
+    else:
+        lines.append("postgis: missing — install PostGIS on the Postgres server (e.g. postgresql-15-postgis-3)")
+        code = 1
+    if installed["timescaledb"]:
+        lines.append(f"timescaledb: present ({installed['timescaledb']})")
+    else:
+        lines.append("timescaledb: not available — positions use native partitioning")
+    return lines, code
+
+
+def cmd_verify_extensions(args: argparse.Namespace) -> int:
+    lines, code = _with_db(_database_url(args), _extension_lines, require_schema=False)
+    print("\n".join(lines))
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(_env(args))
+    settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    if not args.no_migrate:
+        applied = _with_db(settings.database_url, db_migrations.migrate, require_schema=False)
+        if applied:
+            print(f"applied migrations: {', '.join(applied)}", file=sys.stderr)
+    try:
+        app_module = importlib.import_module("server_stub.app")
+    except ModuleNotFoundError as exc:
+        if exc.name != "server_stub.app":
+            raise
+        raise CliError("the server application is not part of this build yet", 2) from None
+    create_app = app_module.create_app
+    # We already migrated (or were told not to): the app need not do it again.
+    wants_flag = "run_migrations" in inspect.signature(create_app).parameters
+    app = create_app(settings, run_migrations=False) if wants_flag else create_app(settings)
+
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port)
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("server_stub.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "server_stub.demo":
+            raise
+        print("demo data arrives with the demo issue", file=sys.stderr)
+        return 2
+    settings = Settings.from_env(_env(args))
+
+    async def load(db: Database) -> Any:
+        await db_migrations.migrate(db)
+        return await demo.load_demo(db, settings)
+
+    result = _with_db(settings.database_url, load, require_schema=False)
+    if result is not None:
+        print(result)
+    return 0
+
+
+# -- parser and entry point ------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="webhost-server", description="WebHost Fleet sync server")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url", metavar="URL", help="database to use (overrides DATABASE_URL): postgresql://… or sqlite:///…"
+    )
+    parser = argparse.ArgumentParser(prog=PROG, description="WebHost Fleet sync server")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=SUBCOMMANDS[name], description=SUBCOMMANDS[name])
+        command.set_defaults(handler=handler)
+        return command
+
+    serve = add("serve", cmd_serve)
+    serve.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
+    add("migrate", cmd_migrate)
+    tenant = add("create-tenant", cmd_create_tenant)
+    tenant.add_argument("name", metavar="NAME", help="the customer's display name")
+    tenant.add_argument("--plan", choices=accounts.PLANS, default="hobby", help="subscription plan (default hobby)")
+    user = add("create-user", cmd_create_user)
+    user.add_argument("email", metavar="EMAIL")
+    user.add_argument("--role", required=True, choices=accounts.ROLES)
+    user.add_argument("--tenant", metavar="ID", help="tenant id (required for every role but platform_admin)")
+    user.add_argument("--password", help="the password (else WEBHOST_PASSWORD, else asked for in a terminal)")
+    key = add("create-api-key", cmd_create_api_key)
+    key.add_argument("--tenant", metavar="ID", required=True)
+    key.add_argument("--name", required=True, help="what the key is for, e.g. 'tracker gateway'")
+    key.add_argument("--scopes", default="read", help=f"comma-separated, from {','.join(accounts.SCOPES)}")
+    key.add_argument("--role", choices=accounts.TENANT_ROLES, default="dispatcher", help="role the key acts as")
+    add("verify-extensions", cmd_verify_extensions)
+    add("demo-data", cmd_demo_data)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(f"webhost-server {args.command}: not available in this build yet", file=sys.stderr)
-    return 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CliError as exc:
+        code, message = exc.code, str(exc)
+    except (ConfigError, DatabaseURLError) as exc:
+        code, message = 2, str(exc)
+    except (DatabaseError, accounts.AccountError, SpatialiteNotFound, ExtensionLoadingUnsupported, OSError) as exc:
+        code, message = 1, str(exc)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the operator gets one line; WEBHOST_DEBUG=1 shows the traceback
+        if os.environ.get("WEBHOST_DEBUG"):
+            traceback.print_exc()
+        code, message = 1, f"unexpected {type(exc).__name__}: {exc} (set WEBHOST_DEBUG=1 for details)"
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"{PROG}: error: {first_line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

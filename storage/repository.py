@@ -32,12 +32,21 @@ def check_bbox(bbox: Iterable[float]) -> BBox:
     return min_lon, min_lat, max_lon, max_lat
 
 
-def _column_value(value: Any) -> Any:
+def _column_value(value: Any, numeric: bool = False) -> Any:
+    """The value a typed column holds. A value of the wrong type (an invalid record, kept and
+    flagged) must not be left to SQLite's type affinity: a numeric-looking string in a REAL
+    column or a number in a TEXT column would be converted, and the row would never again
+    equal the record it was written from. So a number column holds numbers only (else NULL,
+    the raw value stays in `data`), and a text column holds text."""
     if isinstance(value, bool):
-        return int(value)
+        value = int(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    return value
+        value = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if value is None:
+        return None
+    if numeric:
+        return value if isinstance(value, int | float) else None
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class Repository(Generic[R]):
@@ -68,6 +77,10 @@ class Repository(Generic[R]):
             f"ON CONFLICT(id) DO UPDATE SET {updates}"
         )
         self._select = f"SELECT id, {', '.join(self.columns)}, data, invalid_reason FROM {self.table}"
+        declared = {row[1]: str(row[2]).upper() for row in store.query(f"PRAGMA table_info({self.table})")}
+        self._numeric_columns = frozenset(
+            c for c in self.columns if any(t in declared.get(c, "") for t in ("INT", "REAL", "FLOA", "DOUB", "NUM"))
+        )
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -145,7 +158,10 @@ class Repository(Generic[R]):
     def _row(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None) -> tuple[Any, ...]:
         derived = self.derived_columns(fields)
         values: list[Any] = [record_id]
-        values.extend(_column_value(derived[c] if c in derived else fields.get(c)) for c in self.columns)
+        values.extend(
+            _column_value(derived[c] if c in derived else fields.get(c), c in self._numeric_columns)
+            for c in self.columns
+        )
         values.append(json.dumps(dict(fields), separators=(",", ":"), sort_keys=True, default=str))
         wkb = self.geometry_wkb(fields) if self.geometry_column else None
         if self.geometry_column and wkb is None and fields.get("geometry") is not None and not invalid_reason:
@@ -160,9 +176,19 @@ class Repository(Generic[R]):
         self.upsert_many([(record_id, fields, invalid_reason)])
 
     def upsert_many(self, items: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> int:
-        rows = [self._row(record_id, fields, reason) for record_id, fields, reason in items]
         with self._store.transaction() as conn:
+            return self.write_rows(conn, items, ())
+
+    def write_rows(self, conn: Any, upserts: Iterable[tuple[str, Mapping[str, Any], str | None]],
+                   deletes: Iterable[str]) -> int:
+        """Upsert and delete on a connection already inside a transaction (no savepoints: the
+        mirror writes thousands of records per commit)."""
+        rows = [self._row(record_id, fields, reason) for record_id, fields, reason in upserts]
+        if rows:
             conn.executemany(self._upsert_sql, rows)
+        gone = [(record_id,) for record_id in deletes]
+        if gone:
+            conn.executemany(f"DELETE FROM {self.table} WHERE id = ?", gone)
         return len(rows)
 
     def delete(self, record_id: str) -> bool:

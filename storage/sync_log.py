@@ -33,6 +33,16 @@ class SyncLog:
             )
             return int(cursor.lastrowid)
 
+    def append_many(self, payloads: Iterable[bytes], origin: str) -> None:
+        """Append several updates in one statement (remote updates that arrived together)."""
+        now = time.time()
+        acked = 0 if origin == "local" else 1
+        with self._store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO crdt_log (payload, origin, created_at, acked) VALUES (?, ?, ?, ?)",
+                [(payload, origin, now, acked) for payload in payloads],
+            )
+
     def entries(self, *, after: int = 0) -> list[LogEntry]:
         rows = self._store.query(
             "SELECT seq, payload, origin, created_at, acked FROM crdt_log WHERE seq > ? ORDER BY seq", (after,)

@@ -139,6 +139,7 @@ class SyncClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local_changes: asyncio.Queue[MirrorChange] | None = None
         self.attempts = 0  # reconnect attempts since the last successful sync
+        self._refresh_used = False  # a token refresh was tried since the last successful sync
 
     # -- status --------------------------------------------------------------------------------
 
@@ -198,6 +199,11 @@ class SyncClient:
                         continue
                     return
                 except (ChannelClosed, OSError, ConnectionError) as exc:
+                    if isinstance(exc, ChannelClosed) and exc.code in AUTH_CLOSE_CODES:
+                        # Accepted, then refused: the token expired or is for another tenant.
+                        if await self._refreshed(AuthRejected(exc.code, exc.reason)):
+                            continue
+                        return
                     if not self._stopping:
                         await self._went_offline(f"connection lost: {exc}")
                 except ProtocolError as exc:
@@ -220,8 +226,12 @@ class SyncClient:
 
     async def _refreshed(self, exc: AuthRejected) -> bool:
         """Try a token refresh once on 4401; a 4403 (wrong tenant or role) is final."""
-        if exc.code == 4401 and self._tokens is not None and await self._tokens.refresh():
-            return True
+        if exc.code == 4401 and self._tokens is not None and not self._refresh_used:
+            # Only once until a sync succeeds: a server that rejects fresh tokens too must not
+            # be hammered in a tight connect-refresh loop.
+            self._refresh_used = True
+            if await self._tokens.refresh():
+                return True
         self._set_status(replace(self._status, state=SyncState.SIGN_IN_REQUIRED,
                                  detail="sign in again: " + (exc.reason or "credentials rejected")))
         return False
@@ -300,9 +310,48 @@ class _Session:
         with self.mirror.lock:
             step1 = protocol.sync_step1(self.mirror.document.get_state())
         await self.channel.send(step1)
+        inbox: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        pump = asyncio.create_task(self._pump(inbox))
+        try:
+            while True:
+                # Everything that queued up while the last batch was applied is applied as one
+                # batch: one SQLite transaction for a burst of remote updates.
+                frames = [await inbox.get()]
+                while not inbox.empty():
+                    frames.append(inbox.get_nowait())
+                await self.handle_frames(frames)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    async def _pump(self, inbox: asyncio.Queue[bytes | BaseException]) -> None:
         while True:
-            message = protocol.parse(await self.channel.recv())
+            try:
+                inbox.put_nowait(await self.channel.recv())
+            except BaseException as exc:
+                inbox.put_nowait(exc)
+                return
+
+    async def handle_frames(self, frames: list[bytes | BaseException]) -> None:
+        updates: list[bytes] = []
+        for frame in frames:
+            if isinstance(frame, BaseException):
+                self._apply(updates)
+                raise frame
+            message = protocol.parse(frame)
+            if message.kind == MessageKind.SYNC_UPDATE:
+                updates.append(message.payload)
+                continue
+            self._apply(updates)
+            updates = []
             await self.handle(message)
+        self._apply(updates)
+        self.publish()
+
+    def _apply(self, updates: list[bytes]) -> None:
+        if updates:
+            self.mirror.apply_remote_many(updates)
 
     async def handle(self, message: protocol.Message) -> None:
         kind = message.kind
@@ -318,6 +367,7 @@ class _Session:
             if kind == MessageKind.SYNC_STEP2:
                 self.server_synced = True
                 self.client.attempts = 0
+                self.client._refresh_used = False
         elif kind == MessageKind.ACK_HELLO:
             self.acks_supported = True
         elif kind == MessageKind.ACK_COMMITTED:

@@ -45,7 +45,14 @@ def _record_from_value(value: Any) -> Record | None:
         decoded = json.loads(str(value))
         return decoded if isinstance(decoded, dict) else None
     if isinstance(value, dict):
-        return dict(value)  # a client wrote the record as one JSON value instead of a Y.Map
+        # A client wrote the record as one JSON value instead of a Y.Map. pycrdt hands numbers
+        # back as floats (90.0) where the yrs JSON that records() reads says 90, so go through
+        # the same JSON: one record must read the same whichever way it is read.
+        scratch: Doc[Any] = Doc()
+        holder = scratch.get("record", type=Map)
+        holder["value"] = value
+        decoded = json.loads(str(holder)).get("value")
+        return decoded if isinstance(decoded, dict) else None
     return None
 
 
@@ -57,6 +64,7 @@ class FleetDocument:
         self.maps: dict[str, Map[Any]] = {name: self.doc.get(name, type=Map) for name in COLLECTIONS}
         self.meta: Map[Any] = self.doc.get(META, type=Map)
         self._changes = Changes()
+        self._device_owners: dict[str, str] | None = None  # device_id -> vehicle id, built lazily
         self._subscriptions = [self.doc.observe(self._on_transaction)]
         for name, ymap in self.maps.items():
             self._subscriptions.append(ymap.observe_deep(self._observer_for(name)))
@@ -71,6 +79,8 @@ class FleetDocument:
     def _observer_for(self, collection: str) -> Any:
         def on_change(events: list[Any]) -> None:
             touched = self._changes.touched[collection]  # looked up each time: take_changes swaps it
+            if collection == "vehicles":
+                self._device_owners = None  # rebuilt on next use; reading the doc is not allowed here
             for event in events:
                 if event.path:
                     touched.add(str(event.path[0]))  # a field inside a record changed
@@ -104,6 +114,27 @@ class FleetDocument:
     def ids(self, collection: str) -> set[str]:
         return set(self.collection(collection).keys())
 
+    def device_owner(self, device_id: str) -> str | None:
+        """Which vehicle uses a tracker id, from an index kept across calls (device ids are unique
+        per tenant, and checking that by scanning every vehicle would make bulk creates quadratic)."""
+        if self._device_owners is None:
+            owners: dict[str, str] = {}
+            for record_id, record in self.records("vehicles").items():
+                device = record.get("device_id")
+                if isinstance(device, str) and device:
+                    owners.setdefault(device, record_id)
+            self._device_owners = owners
+        return self._device_owners.get(device_id)
+
+    def _note_device(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> None:
+        if collection == "vehicles" and self._device_owners is not None:
+            for device_id, owner in list(self._device_owners.items()):
+                if owner == record_id:
+                    del self._device_owners[device_id]
+            new_device = fields.get("device_id")
+            if isinstance(new_device, str) and new_device:
+                self._device_owners.setdefault(new_device, record_id)
+
     def schema_version(self) -> int | None:
         value = self.meta.get("schema_version")
         return int(value) if isinstance(value, (int, float)) else None
@@ -125,6 +156,7 @@ class FleetDocument:
     def put_record(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> None:
         """Create a record as a nested map, so later edits of different fields merge."""
         self.collection(collection)[record_id] = Map({k: v for k, v in fields.items() if v is not None})
+        self._note_device(collection, record_id, fields)
 
     def set_fields(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> None:
         """Change fields one by one; None removes a field."""
@@ -137,12 +169,15 @@ class FleetDocument:
                     del value[key]
             else:
                 value[key] = new
-
+        if "device_id" in fields:
+            self._device_owners = None
     def delete_record(self, collection: str, record_id: str) -> bool:
         ymap = self.collection(collection)
         if record_id not in ymap:
             return False
         del ymap[record_id]
+        if collection == "vehicles":
+            self._device_owners = None
         return True
 
     def apply_update(self, update: bytes) -> None:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Decoder, Doc, merge_updates
 
 from storage import Store
 from storage.repository import Repository
@@ -56,6 +56,14 @@ class CompactionNotLossless(RuntimeError):
 def invalid_reason(collection: str, record: Mapping[str, Any]) -> str | None:
     found = problems(collection, record)
     return "; ".join(f"{p.field}: {p.reason}" for p in found) if found else None
+
+
+def state_vector(document: FleetDocument) -> dict[int, int]:
+    """The document's state vector as {client id: clock}. Its encoded bytes list the clients in
+    hash-map order, which differs between two documents holding exactly the same updates."""
+    decoder = Decoder(document.get_state())
+    entries = decoder.read_var_uint()
+    return dict((decoder.read_var_uint(), decoder.read_var_uint()) for _ in range(entries))
 
 
 def doc_from_updates(updates: list[bytes]) -> FleetDocument:
@@ -110,35 +118,42 @@ class Mirror:
         with self.lock:
             with self.document.transaction(origin="local"):
                 yield self.document
-            change = self._commit(self.document.take_changes(), "local", raw_update=None)
+            change = self._commit(self.document.take_changes(), "local", raw_updates=None)
         self._notify(change)
 
     def apply_remote(self, update: bytes) -> MirrorChange | None:
         """Merge an update from the network and mirror what it changed."""
+        return self.apply_remote_many([update])
+
+    def apply_remote_many(self, updates: list[bytes]) -> MirrorChange | None:
+        """Merge updates that arrived together, and mirror them in one SQLite transaction."""
+        if not updates:
+            return None
         with self.lock:
-            self.document.apply_update(update)
+            for update in updates:
+                self.document.apply_update(update)
             # The raw bytes go to the log, not the observed delta: an update whose dependencies
             # have not arrived yet is held pending by the Doc and must survive a restart too.
-            change = self._commit(self.document.take_changes(), "remote", raw_update=update)
+            change = self._commit(self.document.take_changes(), "remote", raw_updates=updates)
         self._notify(change)
         return change
 
-    def _commit(self, changes: Changes, origin: str, raw_update: bytes | None) -> MirrorChange | None:
-        if not changes and raw_update is None:
+    def _commit(self, changes: Changes, origin: str, raw_updates: list[bytes] | None) -> MirrorChange | None:
+        if not changes and not raw_updates:
             return None
         local_updates: list[tuple[int, bytes]] = []
-        with self.store.transaction():
-            if raw_update is not None:
-                self.store.sync_log.append(raw_update, origin)
+        with self.store.transaction() as conn:
+            if raw_updates is not None:
+                self.store.sync_log.append_many(raw_updates, origin)
             else:
                 for update in changes.updates:
                     local_updates.append((self.store.sync_log.append(update, origin), update))
-            self._write_records(changes.touched)
+            self._write_records(conn, changes.touched)
         if not changes.record_count() and not local_updates:
             return None
         return MirrorChange(origin, changes.touched, local_updates)
 
-    def _write_records(self, touched: dict[str, set[str]]) -> None:
+    def _write_records(self, conn: Any, touched: dict[str, set[str]]) -> None:
         for collection, ids in touched.items():
             if not ids:
                 continue
@@ -148,10 +163,12 @@ class Mirror:
                 found: dict[str, Record | None] = {rid: everything.get(rid) for rid in ids}
             else:
                 found = {rid: self.document.record(collection, rid) for rid in ids}
-            repository.upsert_many(
-                (rid, record, invalid_reason(collection, record)) for rid, record in found.items() if record is not None
+            repository.write_rows(
+                conn,
+                [(rid, record, invalid_reason(collection, record))
+                 for rid, record in found.items() if record is not None],
+                [rid for rid, record in found.items() if record is None],
             )
-            repository.delete_many(rid for rid, record in found.items() if record is None)
 
     def _notify(self, change: MirrorChange | None) -> None:
         if change is None:
@@ -207,7 +224,7 @@ class Mirror:
             candidate = doc_from_updates([snapshot, *kept])
             if (
                 candidate.snapshot() != original.snapshot()
-                or candidate.get_state() != original.get_state()
+                or state_vector(candidate) != state_vector(original)
                 or candidate.snapshot() != self.document.snapshot()
             ):
                 raise CompactionNotLossless(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from pycrdt import Encoder, YMessageType, YSyncMessageType, create_sync_message, write_var_uint
+from pycrdt import YMessageType, YSyncMessageType, create_sync_message, write_var_uint
 from pycrdt import get_state as update_state_vector
 
 __all__ = [
@@ -84,11 +84,10 @@ def awareness_message(payload: bytes) -> bytes:
 
 
 def permission_denied(reason: str) -> bytes:
-    encoder = Encoder()
-    encoder.write_var_uint(MSG_AUTH)
-    encoder.write_var_uint(0)  # y-protocols/auth: messagePermissionDenied
-    encoder.write_var_string(reason)
-    return encoder.to_bytes()
+    # Not pycrdt's Encoder.write_var_string: it prefixes the character count, while lib0's
+    # readVarString (and parse() below) read a UTF-8 byte count, so any non-ASCII reason broke.
+    # 0 is y-protocols/auth's messagePermissionDenied.
+    return _frame(write_var_uint(MSG_AUTH), write_var_uint(0), _var_bytes(reason.encode()))
 
 
 def ack_hello() -> bytes:

@@ -45,7 +45,13 @@ class StoredUpdate:
 class Persistence(Protocol):
     async def load(self, room: str) -> list[bytes]: ...
 
-    async def append(self, room: str, updates: Sequence[StoredUpdate]) -> None: ...
+    async def append(self, room: str, updates: Sequence[StoredUpdate]) -> int | None:
+        """Commit the updates in order; return the log position of the last one, if there is one."""
+        ...
+
+    async def head(self, room: str) -> int | None:
+        """The log position of the newest committed update, or None for an empty log."""
+        ...
 
 
 class MemoryPersistence:
@@ -58,11 +64,16 @@ class MemoryPersistence:
     async def load(self, room: str) -> list[bytes]:
         return [u.update for u in self.rooms.get(room, [])]
 
-    async def append(self, room: str, updates: Sequence[StoredUpdate]) -> None:
+    async def append(self, room: str, updates: Sequence[StoredUpdate]) -> int | None:
         if self.fail_next:
             self.fail_next -= 1
             raise OSError("simulated database outage")
-        self.rooms.setdefault(room, []).extend(updates)
+        stored = self.rooms.setdefault(room, [])
+        stored.extend(updates)
+        return len(stored)
+
+    async def head(self, room: str) -> int | None:
+        return len(self.rooms[room]) if self.rooms.get(room) else None
 
 
 class Connection:
@@ -128,6 +139,14 @@ class _Write:
     connection: Connection | None
     update: bytes
     index: int
+    # A server-side transaction (REST write): run against the document, result to the future.
+    action: Callable[[FleetDocument], object] | None = None
+    user_id: str | None = None
+    result: asyncio.Future[object] | None = None
+
+
+class RoomBroken(RuntimeError):
+    """The room's document may hold a change the database refused; it must be reloaded."""
 
 
 @dataclass
@@ -164,6 +183,8 @@ class Room:
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         self._committer: asyncio.Task[None] | None = None
         self.started = asyncio.Event()
+        self.committed_seq: int | None = None  # log position of the newest committed update
+        self.broken = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -173,6 +194,7 @@ class Room:
         if stored:
             self.document.apply_update(merge_updates(*stored) if len(stored) > 1 else stored[0])
         self.document.take_changes()
+        self.committed_seq = await self.persistence.head(self.name)
         self._committer = asyncio.create_task(self._commit_loop())
         self.started.set()
 
@@ -261,6 +283,18 @@ class Room:
         connection.data_messages += 1
         self._queue.put_nowait(_Write(connection, update, connection.data_messages))
 
+    async def transact(self, action: Callable[[FleetDocument], object], *, user_id: str | None = None) -> object:
+        """Run a server-side edit (a REST write) through the same ordered, durable write path.
+
+        Returns what action returned once its update is committed and broadcast; an exception
+        raised by action (a ValidationError, say) comes back unchanged and nothing is written.
+        """
+        if self.broken:
+            raise RoomBroken(f"room {self.name} must be reloaded")
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Write(None, EMPTY_UPDATE, 0, action=action, user_id=user_id, result=future))
+        return await future
+
     async def apply_external(self, update: bytes) -> None:
         """An update another server instance already committed: apply and broadcast, no storage."""
         await self._queue.put(_Write(None, update, 0))
@@ -272,6 +306,12 @@ class Room:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            # Server-side transactions run one at a time, each as its own commit.
+            for write in [w for w in batch if w.action is not None]:
+                await self._commit_action(write)
+            batch = [w for w in batch if w.action is None]
+            if not batch:
+                continue
             try:
                 await self._commit(batch)
             except Exception:
@@ -279,6 +319,37 @@ class Room:
                 for write in batch:
                     if write.connection is not None:
                         write.connection.close_soon(CLOSE_SERVER_ERROR, "could not persist update, retry")
+
+    async def _commit_action(self, write: _Write) -> None:
+        assert write.action is not None and write.result is not None
+        try:
+            with self.document.transaction(origin="server"):
+                value = write.action(self.document)
+        except Exception as exc:  # validation refused it before anything changed
+            self.document.take_changes()
+            write.result.set_exception(exc)
+            return
+        changes = self.document.take_changes()
+        if not changes.updates:
+            write.result.set_result(value)
+            return
+        update = merge_updates(*changes.updates) if len(changes.updates) > 1 else changes.updates[0]
+        try:
+            seq = await self.persistence.append(self.name, [StoredUpdate(update, write.user_id, time.time())])
+        except Exception as exc:
+            # The document already holds the change but the database does not: stop serving
+            # from this copy so nobody is told about a write that was never stored.
+            self.broken = True
+            for connection in list(self.connections):
+                connection.close_soon(CLOSE_SERVER_ERROR, "server storage failed, reconnect")
+            write.result.set_exception(RoomBroken(f"could not store the change: {exc}"))
+            return
+        self.committed_seq = seq if seq is not None else self.committed_seq
+        self._note_commit(1, time.time())
+        self._broadcast([_Write(None, update, 0)])
+        write.result.set_result(value)
+        if self.on_applied is not None:
+            await self.on_applied(self, changes)
 
     async def _commit(self, batch: list[_Write]) -> None:
         started = time.perf_counter()
@@ -289,7 +360,8 @@ class Room:
             if w.connection is not None and w.update != EMPTY_UPDATE
         ]
         if to_store:
-            await self.persistence.append(self.name, to_store)
+            seq = await self.persistence.append(self.name, to_store)
+            self.committed_seq = seq if seq is not None else self.committed_seq
         # Committed: only now does the room hold these updates and tell anyone about them.
         real = [w for w in batch if w.update != EMPTY_UPDATE]
         for write in real:
@@ -302,14 +374,17 @@ class Room:
                 acked[write.connection] = write.index
         for connection, index in acked.items():
             connection.send(protocol.ack_committed(index))
-        self.stats.commits += 1
-        self.stats.updates_committed += len(to_store)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        if real:
-            self.stats.last_update_at = now
+        self._note_commit(len(to_store), now if real else None, len(batch))
         self.stats.commit_seconds.append(time.perf_counter() - started)
         if self.on_applied is not None and changes:
             await self.on_applied(self, changes)
+
+    def _note_commit(self, stored: int, when: float | None, batch_size: int = 1) -> None:
+        self.stats.commits += 1
+        self.stats.updates_committed += stored
+        self.stats.largest_batch = max(self.stats.largest_batch, batch_size)
+        if when is not None:
+            self.stats.last_update_at = when
 
     def _broadcast(self, writes: list[_Write]) -> None:
         if not writes or not self.connections:

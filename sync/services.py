@@ -41,16 +41,12 @@ def _check_collection(collection: str) -> None:
 
 def _check_device_unique(document: FleetDocument, record_id: str, record: Mapping[str, Any]) -> None:
     device_id = record.get("device_id")
-    if not device_id:
+    if not isinstance(device_id, str) or not device_id:
         return
-    vehicles = document.collection("vehicles")
-    for other_id in list(vehicles.keys()):
-        if other_id == record_id:
-            continue
-        other = vehicles.get(other_id)
-        if other is not None and hasattr(other, "get") and other.get("device_id") == device_id:
-            problem = Problem("device_id", f"{device_id!r} is already used by vehicle {other_id}")
-            raise ValidationError("vehicles", [problem])
+    owner = document.device_owner(device_id)
+    if owner is not None and owner != record_id:
+        problem = Problem("device_id", f"{device_id!r} is already used by vehicle {owner}")
+        raise ValidationError("vehicles", [problem])
 
 
 def create_record(document: FleetDocument, collection: str, fields: Mapping[str, Any], *,

@@ -1,0 +1,113 @@
+"""Server settings read once from the environment (DATABASE_URL, REDIS_URL, WEBHOST_SECRET_KEY, HOST, PORT)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "webhost-fleet"
+SECRET_KEY_FILE = "secret_key"
+MIN_SECRET_KEY_CHARS = 32
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a usable server configuration."""
+
+
+def data_dir() -> Path:
+    """The server's folder under the platform data directory (embedded DB, generated secret)."""
+    return Path(platformdirs.user_data_dir(APP_NAME)) / "server"
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{data_dir() / 'fleet-server.sqlite'}"
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file behind a `sqlite:///path` URL, or None for other URLs and in-memory databases."""
+    if not database_url.startswith("sqlite:///"):
+        return None
+    path = database_url.removeprefix("sqlite:///")
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _persisted_secret(folder: Path) -> str:
+    """Read the development secret kept in `folder`, creating it on first use."""
+    path = folder / SECRET_KEY_FILE
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two processes starting together must agree on one key, so only one may create it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        existing = path.read_text().strip()
+        if len(existing) < MIN_SECRET_KEY_CHARS:
+            raise ConfigError(f"{path} holds an unusable secret key; delete it to generate a new one") from None
+        return existing
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def _secret_key(env: Mapping[str, str], database_url: str) -> str:
+    explicit = env.get("WEBHOST_SECRET_KEY", "")
+    if explicit:
+        if len(explicit) < MIN_SECRET_KEY_CHARS:
+            raise ConfigError(f"WEBHOST_SECRET_KEY must be at least {MIN_SECRET_KEY_CHARS} characters")
+        return explicit
+    if env.get("WEBHOST_ENV", "development") == "production":
+        raise ConfigError("WEBHOST_SECRET_KEY is required outside development")
+    # Development: keep the key beside the embedded DB (or in the data dir) so tokens survive restarts.
+    db_file = sqlite_path(database_url)
+    return _persisted_secret(db_file.parent if db_file is not None else data_dir())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer between {low} and {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer between {low} and {high}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment; build it with `Settings.from_env()`."""
+
+    database_url: str
+    secret_key: str
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    access_token_ttl: int = 900
+    refresh_token_ttl: int = 30 * 24 * 3600
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `env` (default: os.environ); raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL", "") or default_database_url()
+        return cls(
+            database_url=database_url,
+            secret_key=_secret_key(env, database_url),
+            redis_url=env.get("REDIS_URL") or None,
+            host=env.get("HOST", "") or "127.0.0.1",
+            port=_int(env, "PORT", 8000, 1, 65535),
+        )
+
+    def __repr__(self) -> str:
+        # Never let the secret reach logs or tracebacks.
+        url = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.database_url)
+        return f"Settings(database_url={url!r}, host={self.host!r}, port={self.port})"

@@ -1,0 +1,295 @@
+"""JSON:API resources for vehicles, drivers, routes and geofences.
+
+Reads come from the projected tables. Writes are server-side transactions on the tenant
+document (through the room's durable write path), so they reach every connected client like a
+desktop edit; the response waits until the projection shows the change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server_stub.auth import AuthError, Principal
+from server_stub.http_auth import json_api_error, principal_from_request
+from storage.repository import BadBBox, check_bbox
+from sync.document import FleetDocument
+from sync.schema import COLLECTIONS
+from sync.services import RecordNotFound, create_record, delete_record, update_record
+from sync.validation import ValidationError
+
+JSON_API = "application/vnd.api+json"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+PROJECTION_WAIT_SECONDS = 10.0
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, title: str, detail: str, pointer: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.pointer = status, title, detail, pointer
+
+
+def _respond(payload: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(payload, status_code=status, media_type=JSON_API)
+
+
+def _error(exc: BadRequest) -> JSONResponse:
+    body: dict[str, Any] = {"status": str(exc.status), "title": exc.title, "detail": exc.detail}
+    if exc.pointer:
+        body["source"] = {"pointer": exc.pointer}
+    return JSONResponse({"errors": [body]}, status_code=exc.status, media_type=JSON_API)
+
+
+def _validation_error(exc: ValidationError) -> JSONResponse:
+    errors = [
+        {"status": "422", "title": "invalid field", "detail": f"{p.field}: {p.reason}",
+         "source": {"pointer": f"/data/attributes/{p.field}"}}
+        for p in exc.problems
+    ]
+    return JSONResponse({"errors": errors}, status_code=422, media_type=JSON_API)
+
+
+def tenant_of(request: Request, principal: Principal) -> str:
+    """The tenant a request acts on: the principal's own; a platform admin names one."""
+    if principal.customer_id is not None:
+        return principal.customer_id
+    tenant = request.headers.get("x-tenant-id") or request.query_params.get("tenant")
+    if not tenant:
+        raise BadRequest(400, "tenant required", "platform admins name the tenant with the X-Tenant-Id header")
+    return tenant
+
+
+def _resource(collection: str, row: dict[str, Any], base: str) -> dict[str, Any]:
+    data = row["data"] if isinstance(row["data"], dict) else json.loads(row["data"])
+    return {
+        "type": collection,
+        "id": row["id"],
+        "attributes": data,
+        "meta": {"projection_error": row.get("projection_error"), "valid": row.get("projection_error") is None},
+        "links": {"self": f"{base}/api/v1/{collection}/{row['id']}"},
+    }
+
+
+def _page(request: Request) -> tuple[int, int]:
+    try:
+        size = int(request.query_params.get("page[size]", DEFAULT_PAGE_SIZE))
+        number = int(request.query_params.get("page[number]", 1))
+    except ValueError:
+        raise BadRequest(400, "bad paging", "page[size] and page[number] must be whole numbers") from None
+    if not 1 <= size <= MAX_PAGE_SIZE or number < 1:
+        raise BadRequest(400, "bad paging", f"page[size] must be 1..{MAX_PAGE_SIZE} and page[number] at least 1")
+    return size, number
+
+
+def _filters(request: Request, collection: str, dialect: str) -> tuple[list[str], list[Any]]:
+    where: list[str] = ["customer_id = ?"]
+    params: list[Any] = []
+    bbox = request.query_params.get("filter[bbox]")
+    if bbox is not None:
+        if collection not in ("routes", "geofences"):
+            raise BadRequest(400, "bad filter", "filter[bbox] applies to routes and geofences")
+        try:
+            min_lon, min_lat, max_lon, max_lat = check_bbox(float(v) for v in bbox.split(","))
+        except (ValueError, BadBBox) as exc:
+            raise BadRequest(400, "bad filter", f"filter[bbox]: {exc}") from None
+        if dialect == "postgres":
+            where.append("geometry && ST_MakeEnvelope(?, ?, ?, ?, 4326) "
+                         "AND ST_Intersects(geometry, ST_MakeEnvelope(?, ?, ?, ?, 4326))")
+            params.extend([min_lon, min_lat, max_lon, max_lat] * 2)
+        else:
+            where.append(f"fid IN (SELECT pkid FROM idx_{collection}_geometry WHERE xmin <= ? AND xmax >= ? "
+                         "AND ymin <= ? AND ymax >= ?) AND Intersects(geometry, BuildMbr(?, ?, ?, ?, 4326))")
+            params.extend([max_lon, min_lon, max_lat, min_lat, min_lon, min_lat, max_lon, max_lat])
+    since = request.query_params.get("filter[updated_since]")
+    if since is not None:
+        try:
+            datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(400, "bad filter", "filter[updated_since] must be an ISO 8601 date-time") from None
+        # updated_at is stored as ISO 8601 UTC text, so text order is time order.
+        where.append("updated_at >= ?")
+        params.append(since)
+    return where, params
+
+
+async def _principal(request: Request, *, write: bool) -> Principal:
+    principal = await principal_from_request(request)
+    if write and not principal.can_write_fleet:
+        raise AuthError(403, "this account cannot change fleet data")
+    if not write and not principal.can_read_fleet:
+        raise AuthError(403, "this account cannot read fleet data")
+    return principal
+
+
+def _collection(request: Request) -> str:
+    collection = str(request.path_params["collection"])
+    if collection not in COLLECTIONS:
+        raise BadRequest(404, "not found", f"no resource type {collection!r}")
+    return collection
+
+
+async def _fetch_row(request: Request, tenant: str, collection: str, record_id: str) -> dict[str, Any] | None:
+    db = request.app.state.db
+    async with db.transaction(customer_id=tenant) as tx:
+        row: dict[str, Any] | None = await tx.fetchone(
+            f"SELECT id, data, projection_error FROM {collection} WHERE customer_id = ? AND id = ?", (tenant, record_id)
+        )
+    return row
+
+
+async def list_resources(request: Request) -> Response:
+    try:
+        collection = _collection(request)
+        principal = await _principal(request, write=False)
+        tenant = tenant_of(request, principal)
+        size, number = _page(request)
+        db = request.app.state.db
+        where, params = _filters(request, collection, db.dialect)
+        condition = " AND ".join(where)
+        async with db.transaction(customer_id=tenant) as tx:
+            total = await tx.fetchval(f"SELECT count(*) FROM {collection} WHERE {condition}", (tenant, *params))
+            rows = await tx.fetch(
+                f"SELECT id, data, projection_error FROM {collection} WHERE {condition} "
+                "ORDER BY name, id LIMIT ? OFFSET ?",
+                (tenant, *params, size, (number - 1) * size),
+            )
+    except BadRequest as exc:
+        return _error(exc)
+    except AuthError as exc:
+        return json_api_error(exc.status, exc.reason, exc.reason)
+    base = str(request.base_url).rstrip("/")
+    links: dict[str, str] = {"self": str(request.url)}
+    if number * size < int(total):
+        links["next"] = str(request.url.include_query_params(**{"page[number]": number + 1, "page[size]": size}))
+    if number > 1:
+        links["prev"] = str(request.url.include_query_params(**{"page[number]": number - 1, "page[size]": size}))
+    return _respond({"data": [_resource(collection, row, base) for row in rows], "links": links,
+                     "meta": {"total": int(total), "page": {"number": number, "size": size}}})
+
+
+async def get_resource(request: Request) -> Response:
+    try:
+        collection = _collection(request)
+        principal = await _principal(request, write=False)
+        tenant = tenant_of(request, principal)
+        row = await _fetch_row(request, tenant, collection, request.path_params["record_id"])
+    except BadRequest as exc:
+        return _error(exc)
+    except AuthError as exc:
+        return json_api_error(exc.status, exc.reason, exc.reason)
+    if row is None:
+        return _error(BadRequest(404, "not found", f"no {collection} with that id"))
+    return _respond({"data": _resource(collection, row, str(request.base_url).rstrip("/"))})
+
+
+async def _body(request: Request, collection: str, record_id: str | None) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest(400, "bad body", "the body must be a JSON:API document") from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("attributes", {}), dict):
+        raise BadRequest(400, "bad body", "expected {\"data\": {\"type\": …, \"attributes\": {…}}}", "/data")
+    if data.get("type") != collection:
+        raise BadRequest(409, "type mismatch", f"data.type must be {collection!r}", "/data/type")
+    if record_id is not None and data.get("id") not in (None, record_id):
+        raise BadRequest(409, "id mismatch", "data.id must match the URL", "/data/id")
+    return data
+
+
+async def _write(request: Request, collection: str, tenant: str, principal: Principal,
+                 action: Any) -> Any:
+    room = await request.app.state.rooms.get(tenant)
+    result = await room.transact(action, user_id=principal.user_id or principal.api_key_id)
+    await asyncio.wait_for(request.app.state.projector.flush(), PROJECTION_WAIT_SECONDS)
+    return result
+
+
+async def create_resource(request: Request) -> Response:
+    try:
+        collection = _collection(request)
+        principal = await _principal(request, write=True)
+        tenant = tenant_of(request, principal)
+        data = await _body(request, collection, None)
+        requested_id = data.get("id")
+        if requested_id is not None and not isinstance(requested_id, str):
+            raise BadRequest(400, "bad id", "data.id must be a string", "/data/id")
+
+        def action(document: FleetDocument) -> str:
+            return create_record(document, collection, data.get("attributes", {}), record_id=requested_id)
+
+        record_id = await _write(request, collection, tenant, principal, action)
+        row = await _fetch_row(request, tenant, collection, str(record_id))
+    except BadRequest as exc:
+        return _error(exc)
+    except AuthError as exc:
+        return json_api_error(exc.status, exc.reason, exc.reason)
+    except ValidationError as exc:
+        if any(p.field == "id" for p in exc.problems):
+            return _error(BadRequest(409, "conflict", str(exc), "/data/id"))
+        return _validation_error(exc)
+    assert row is not None
+    resource = _resource(collection, row, str(request.base_url).rstrip("/"))
+    return JSONResponse({"data": resource}, status_code=201, media_type=JSON_API,
+                        headers={"Location": resource["links"]["self"]})
+
+
+async def update_resource(request: Request) -> Response:
+    try:
+        collection = _collection(request)
+        principal = await _principal(request, write=True)
+        tenant = tenant_of(request, principal)
+        record_id = str(request.path_params["record_id"])
+        data = await _body(request, collection, record_id)
+
+        def action(document: FleetDocument) -> None:
+            update_record(document, collection, record_id, data.get("attributes", {}))
+
+        await _write(request, collection, tenant, principal, action)
+        row = await _fetch_row(request, tenant, collection, record_id)
+    except BadRequest as exc:
+        return _error(exc)
+    except AuthError as exc:
+        return json_api_error(exc.status, exc.reason, exc.reason)
+    except RecordNotFound:
+        return _error(BadRequest(404, "not found", f"no {request.path_params['collection']} with that id"))
+    except ValidationError as exc:
+        return _validation_error(exc)
+    assert row is not None
+    return _respond({"data": _resource(collection, row, str(request.base_url).rstrip("/"))})
+
+
+async def delete_resource(request: Request) -> Response:
+    try:
+        collection = _collection(request)
+        principal = await _principal(request, write=True)
+        tenant = tenant_of(request, principal)
+        record_id = str(request.path_params["record_id"])
+
+        def action(document: FleetDocument) -> None:
+            delete_record(document, collection, record_id)
+
+        await _write(request, collection, tenant, principal, action)
+    except BadRequest as exc:
+        return _error(exc)
+    except AuthError as exc:
+        return json_api_error(exc.status, exc.reason, exc.reason)
+    except RecordNotFound:
+        return _error(BadRequest(404, "not found", f"no {request.path_params['collection']} with that id"))
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/v1/{collection}", list_resources, methods=["GET"]),
+    Route("/api/v1/{collection}", create_resource, methods=["POST"]),
+    Route("/api/v1/{collection}/{record_id}", get_resource, methods=["GET"]),
+    Route("/api/v1/{collection}/{record_id}", update_resource, methods=["PATCH"]),
+    Route("/api/v1/{collection}/{record_id}", delete_resource, methods=["DELETE"]),
+]
