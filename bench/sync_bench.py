@@ -16,6 +16,7 @@ from pycrdt import Doc
 
 from bench.fleet_data import fill
 from storage import Store
+from sync import protocol
 from sync.client import SyncClient, SyncState
 from sync.document import FleetDocument
 from sync.mirror import Mirror
@@ -82,8 +83,43 @@ def remote_churn(workdir: Path, scale: int) -> None:
     raw_seconds = time.perf_counter() - t0
     assert mirror.store.vehicles.get(ids[-1]).notes == f"change {len(ids) - 1}"  # type: ignore[union-attr]
     print(f"remote churn, {changes:,} record changes applied one update each:")
-    print(f"  mirrored (log + tables, one transaction each): {changes / ours:,.0f} records/s (goal >= 20,000)")
+    print(f"  one SQLite transaction per update (worst case):  {changes / ours:,.0f} records/s (goal >= 20,000)")
     print(f"  baseline raw Doc.apply_update:                 {changes / raw_seconds:,.0f} updates/s")
+    mirror.store.close()
+
+
+async def churn_through_room(workdir: Path, scale: int) -> None:
+    """The real path: a peer sends one update per record change through the room; the client
+    mirrors whatever arrived together in one transaction."""
+    changes = 10_000 // scale
+    hub = MemoryHub()
+    source = FleetDocument()
+    fill(source, vehicles=changes, drivers=0, geofences=0, routes=0)
+    room = await hub.room("tenant")
+    await room.apply_external(source.get_update())
+    mirror = Mirror.open(Store(workdir / "room-churn.sqlite"))
+    client = SyncClient(mirror, lambda: hub.connect("tenant"))
+    task = asyncio.create_task(client.run())
+    await client.wait_for(lambda s: s.state == SyncState.SYNCED, timeout=120)
+    writer = await hub.connect("tenant")
+    ids = sorted(source.ids("vehicles"))
+    frames = []
+    for i, vehicle_id in enumerate(ids):
+        with source.transaction():
+            update_record(source, "vehicles", vehicle_id, {"notes": f"burst {i}"})
+        frames.append(protocol.update_message(source.take_changes().updates[0]))
+    last = ids[-1]
+    t0 = time.perf_counter()
+    for frame in frames:
+        await writer.send(frame)
+    while (vehicle := mirror.store.vehicles.get(last)) is None or vehicle.notes != f"burst {len(ids) - 1}":
+        await asyncio.sleep(0.005)
+    seconds = time.perf_counter() - t0
+    print(f"  through the room to a connected client (group commit, batched mirror): "
+          f"{changes / seconds:,.0f} records/s")
+    await client.stop()
+    await task
+    await hub.close()
     mirror.store.close()
 
 
@@ -95,6 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(initial_sync(Path(tmp), scale))
         remote_churn(Path(tmp), scale)
+        asyncio.run(churn_through_room(Path(tmp), scale))
 
 
 if __name__ == "__main__":

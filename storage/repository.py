@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+import orjson
+
 from storage import geometry
 
 if TYPE_CHECKING:
@@ -162,7 +164,8 @@ class Repository(Generic[R]):
             _column_value(derived[c] if c in derived else fields.get(c), c in self._numeric_columns)
             for c in self.columns
         )
-        values.append(json.dumps(dict(fields), separators=(",", ":"), sort_keys=True, default=str))
+        # Sorted keys: two replicas must write byte-identical rows for the same record.
+        values.append(orjson.dumps(dict(fields), option=orjson.OPT_SORT_KEYS, default=str).decode())
         wkb = self.geometry_wkb(fields) if self.geometry_column else None
         if self.geometry_column and wkb is None and fields.get("geometry") is not None and not invalid_reason:
             invalid_reason = "geometry: cannot be read as GeoJSON"

@@ -6,17 +6,18 @@ what changed; whoever drove the transaction calls `take_changes()` afterwards an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from sync.schema import COLLECTIONS, META, SCHEMA_VERSION
 
 EMPTY_UPDATE = b"\x00\x00"
+BULK_UPDATE_BYTES = 1_000_000
 
 Record = dict[str, Any]
 
@@ -30,6 +31,8 @@ class Changes:
     """What one or more transactions changed: their updates, and the record ids they touched."""
 
     updates: list[bytes] = field(default_factory=list)
+    # Collections where every record counts as touched, and rows the document lacks must go too.
+    everything: set[str] = field(default_factory=set)
     touched: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in COLLECTIONS})
 
     def __bool__(self) -> bool:
@@ -42,7 +45,7 @@ class Changes:
 def _record_from_value(value: Any) -> Record | None:
     if isinstance(value, Map):
         # yrs serialises the whole nested map to JSON natively: ~4x faster than Map.to_py().
-        decoded = json.loads(str(value))
+        decoded = orjson.loads(str(value))
         return decoded if isinstance(decoded, dict) else None
     if isinstance(value, dict):
         # A client wrote the record as one JSON value instead of a Y.Map. pycrdt hands numbers
@@ -51,7 +54,7 @@ def _record_from_value(value: Any) -> Record | None:
         scratch: Doc[Any] = Doc()
         holder = scratch.get("record", type=Map)
         holder["value"] = value
-        decoded = json.loads(str(holder)).get("value")
+        decoded = orjson.loads(str(holder)).get("value")
         return decoded if isinstance(decoded, dict) else None
     return None
 
@@ -65,9 +68,14 @@ class FleetDocument:
         self.meta: Map[Any] = self.doc.get(META, type=Map)
         self._changes = Changes()
         self._device_owners: dict[str, str] | None = None  # device_id -> vehicle id, built lazily
+        self._device_of: dict[str, str] = {}  # vehicle id -> device_id, the same index reversed
         self._subscriptions = [self.doc.observe(self._on_transaction)]
+        self._deep: dict[str, Any] = {}
+        self._observe_records()
+
+    def _observe_records(self) -> None:
         for name, ymap in self.maps.items():
-            self._subscriptions.append(ymap.observe_deep(self._observer_for(name)))
+            self._deep[name] = ymap.observe_deep(self._observer_for(name))
 
     # -- observers: queue only, never read the document here -----------------------------------
 
@@ -79,13 +87,15 @@ class FleetDocument:
     def _observer_for(self, collection: str) -> Any:
         def on_change(events: list[Any]) -> None:
             touched = self._changes.touched[collection]  # looked up each time: take_changes swaps it
-            if collection == "vehicles":
-                self._device_owners = None  # rebuilt on next use; reading the doc is not allowed here
             for event in events:
+                keys = event.keys if isinstance(event, MapEvent) else {}  # type: ignore[attr-defined]
                 if event.path:
                     touched.add(str(event.path[0]))  # a field inside a record changed
-                elif isinstance(event, MapEvent):
-                    touched.update(str(key) for key in event.keys)  # type: ignore[attr-defined]  # records added or removed
+                else:
+                    touched.update(str(key) for key in keys)  # records added or removed
+                if collection == "vehicles" and (not event.path or "device_id" in keys):
+                    # Rebuilt on next use: reading the document is not allowed in here.
+                    self._device_owners = None
 
         return on_change
 
@@ -108,7 +118,7 @@ class FleetDocument:
 
     def records(self, collection: str) -> dict[str, Record]:
         """Every record of a collection, decoded in one pass."""
-        decoded = json.loads(str(self.collection(collection)))
+        decoded = orjson.loads(str(self.collection(collection)))
         return {rid: value for rid, value in decoded.items() if isinstance(value, dict)}
 
     def ids(self, collection: str) -> set[str]:
@@ -119,21 +129,24 @@ class FleetDocument:
         per tenant, and checking that by scanning every vehicle would make bulk creates quadratic)."""
         if self._device_owners is None:
             owners: dict[str, str] = {}
+            self._device_of = {}
             for record_id, record in self.records("vehicles").items():
                 device = record.get("device_id")
                 if isinstance(device, str) and device:
                     owners.setdefault(device, record_id)
+                    self._device_of[record_id] = device
             self._device_owners = owners
         return self._device_owners.get(device_id)
 
     def _note_device(self, collection: str, record_id: str, fields: Mapping[str, Any]) -> None:
         if collection == "vehicles" and self._device_owners is not None:
-            for device_id, owner in list(self._device_owners.items()):
-                if owner == record_id:
-                    del self._device_owners[device_id]
+            previous = self._device_of.pop(record_id, None)
+            if previous is not None and self._device_owners.get(previous) == record_id:
+                del self._device_owners[previous]
             new_device = fields.get("device_id")
             if isinstance(new_device, str) and new_device:
                 self._device_owners.setdefault(new_device, record_id)
+                self._device_of[record_id] = new_device
 
     def schema_version(self) -> int | None:
         value = self.meta.get("schema_version")
@@ -181,7 +194,20 @@ class FleetDocument:
         return True
 
     def apply_update(self, update: bytes) -> None:
-        self.doc.apply_update(update)
+        if len(update) < BULK_UPDATE_BYTES:
+            self.doc.apply_update(update)
+            return
+        # pycrdt builds a Python event per nested change; for a bulk update (an initial sync)
+        # that costs more than applying it, so mark every record touched instead.
+        for name, ymap in self.maps.items():
+            ymap.unobserve(self._deep.pop(name))
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._observe_records()
+        for name in self.maps:
+            self._changes.touched[name].update(self.ids(name))
+            self._changes.everything.add(name)
 
     def get_update(self, state: bytes | None = None) -> bytes:
         return self.doc.get_update(state)

@@ -142,25 +142,44 @@ class Mirror:
         if not changes and not raw_updates:
             return None
         local_updates: list[tuple[int, bytes]] = []
+        try:
+            self._write_log_and_tables(changes, origin, raw_updates, local_updates)
+        except BaseException:
+            # The document already holds the change but the log does not: go back to what the
+            # log says, so memory never runs ahead of disk (a remote change is simply re-sent
+            # by the server at the next handshake; a local edit fails as a whole).
+            self._rebuild_from_log()
+            raise
+        if not changes.record_count() and not local_updates:
+            return None
+        return MirrorChange(origin, changes.touched, local_updates)
+
+    def _rebuild_from_log(self) -> None:
+        self.document = FleetDocument()
+        for entry in self.store.sync_log.entries():
+            self.document.apply_update(entry.payload)
+        self.document.take_changes()
+
+    def _write_log_and_tables(self, changes: Changes, origin: str, raw_updates: list[bytes] | None,
+                              local_updates: list[tuple[int, bytes]]) -> None:
         with self.store.transaction() as conn:
             if raw_updates is not None:
                 self.store.sync_log.append_many(raw_updates, origin)
             else:
                 for update in changes.updates:
                     local_updates.append((self.store.sync_log.append(update, origin), update))
-            self._write_records(conn, changes.touched)
-        if not changes.record_count() and not local_updates:
-            return None
-        return MirrorChange(origin, changes.touched, local_updates)
+            self._write_records(conn, changes.touched, changes.everything)
 
-    def _write_records(self, conn: Any, touched: dict[str, set[str]]) -> None:
+    def _write_records(self, conn: Any, touched: dict[str, set[str]], everything: set[str]) -> None:
         for collection, ids in touched.items():
             if not ids:
                 continue
             repository = self._repositories[collection]
+            if collection in everything:
+                ids = ids | repository.ids()  # rows the document no longer has are deleted below
             if len(ids) > BULK_DECODE_THRESHOLD:
-                everything = self.document.records(collection)
-                found: dict[str, Record | None] = {rid: everything.get(rid) for rid in ids}
+                decoded = self.document.records(collection)
+                found: dict[str, Record | None] = {rid: decoded.get(rid) for rid in ids}
             else:
                 found = {rid: self.document.record(collection, rid) for rid in ids}
             repository.write_rows(

@@ -10,7 +10,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -301,6 +303,9 @@ def _read_geometry(value: object, allowed: tuple[str, ...]) -> tuple[BaseGeometr
     if "coordinates" not in value:
         return None, f"{kind} has no coordinates"
     coordinates = value["coordinates"]
+    fast = _fast_geometry(kind, coordinates)
+    if fast is not None:
+        return fast, None
     reader = _Reader()
     geom: BaseGeometry
     try:
@@ -330,6 +335,65 @@ def _read_geometry(value: object, allowed: tuple[str, ...]) -> tuple[BaseGeometr
         label = "polygon" if isinstance(geom, Polygon) else "multipolygon"
         return None, f"{label} is invalid: {explain_validity(geom)}"
     return geom, None
+
+
+def _ring_array(value: object, minimum: int, closed: bool) -> np.ndarray[Any, Any] | None:
+    """A ring or line as an (n, 2) float array when it is well-formed and in range, else None."""
+    if not isinstance(value, list) or len(value) < minimum:
+        return None
+    for position in value:
+        # numpy would quietly turn booleans and numeric strings into floats; GeoJSON forbids both.
+        if not isinstance(position, list) or not 2 <= len(position) <= 3:
+            return None
+        for number in position:
+            if type(number) is not float and type(number) is not int:
+                return None
+    array = np.asarray(value, dtype=np.float64)[:, :2]
+    if not np.isfinite(array).all():
+        return None
+    if np.abs(array[:, 0]).max() > 180 or np.abs(array[:, 1]).max() > 90:
+        return None
+    if closed and not np.array_equal(array[0], array[-1]):
+        return None
+    return array
+
+
+def _polygon_arrays(value: object) -> list[np.ndarray[Any, Any]] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    rings = [_ring_array(ring, 4, closed=True) for ring in value]
+    return None if any(r is None for r in rings) else rings  # type: ignore[return-value]
+
+
+def _fast_geometry(kind: str, coordinates: object) -> BaseGeometry | None:
+    """The common case in one vectorised pass: a geometry when every rule holds, else None so the
+    detailed reader can name the problem. Initial sync validates thousands of polygons at once."""
+    geom: BaseGeometry
+    try:
+        if kind == "LineString":
+            line = _ring_array(coordinates, 2, closed=False)
+            if line is None or len(line) > MAX_VERTICES:
+                return None
+            return LineString(line)
+        if kind == "Polygon":
+            rings = _polygon_arrays(coordinates)
+            if rings is None or sum(len(r) for r in rings) > MAX_VERTICES:
+                return None
+            geom = Polygon(rings[0], rings[1:])
+        elif kind == "MultiPolygon":
+            if not isinstance(coordinates, list) or not coordinates:
+                return None
+            polygons = [_polygon_arrays(part) for part in coordinates]
+            if any(p is None for p in polygons):
+                return None
+            if sum(len(r) for p in polygons for r in p or []) > MAX_VERTICES:
+                return None
+            geom = MultiPolygon([Polygon(p[0], p[1:]) for p in polygons if p is not None])
+        else:
+            return None
+    except (ValueError, TypeError, shapely.errors.GEOSException):
+        return None
+    return geom if geom.is_valid else None
 
 
 def _json_reason(value: object) -> str | None:
