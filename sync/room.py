@@ -109,13 +109,37 @@ class Connection:
         try:
             while True:
                 frame = await self._outbox.get()
+                held = None
+                if not self._outbox.empty():
+                    frame, held = self._coalesce(frame)
                 await self.channel.send(frame)
+                if held is not None:
+                    await self.channel.send(held)
         except (ChannelClosed, OSError, asyncio.CancelledError):
             pass
         except Exception:  # a transport error must end this client only
             log.exception("sending to client failed")
         finally:
             self.closed.set()
+
+    def _coalesce(self, first: bytes) -> tuple[bytes, bytes | None]:
+        """Fold a run of queued update frames into one: under load a client gets fewer, larger
+        frames instead of falling behind. A frame of another kind ends the run and is returned
+        to be sent right after, so the order of everything else is kept."""
+        if protocol.parse(first).kind != MessageKind.SYNC_UPDATE:
+            return first, None
+        payloads = [protocol.parse(first).payload]
+        held = None
+        while not self._outbox.empty() and len(payloads) < 256:
+            following = self._outbox.get_nowait()
+            message = protocol.parse(following)
+            if message.kind != MessageKind.SYNC_UPDATE:
+                held = following
+                break
+            payloads.append(message.payload)
+        if len(payloads) == 1:
+            return first, held
+        return protocol.update_message(merge_updates(*payloads)), held
 
     def close_soon(self, code: int, reason: str) -> None:
         if not self.closed.is_set():
@@ -159,6 +183,10 @@ class RoomStats:
 
 
 AppliedHook = Callable[["Room", Changes], Awaitable[None]]
+# Told the updates this room itself just committed to persistence, in order: what other server
+# instances need (fan-out). Never called for apply_external() updates, which were committed
+# elsewhere, so forwarding what it is given can never echo an update back and forth.
+CommittedHook = Callable[["Room", list[bytes]], Awaitable[None]]
 
 
 class Room:
@@ -170,18 +198,21 @@ class Room:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch: int = DEFAULT_MAX_BATCH,
         on_applied: AppliedHook | None = None,
+        on_committed: CommittedHook | None = None,
     ) -> None:
         self.name = name
         self.persistence = persistence
         self.max_message_bytes = max_message_bytes
         self.max_batch = max_batch
         self.on_applied = on_applied
+        self.on_committed = on_committed
         self.document = FleetDocument()
         self.connections: set[Connection] = set()
         self.stats = RoomStats()
         self.idle_since: float | None = time.monotonic()
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
         self._committer: asyncio.Task[None] | None = None
+        self._committing = False  # the committer holds a batch it took off the queue
         self.started = asyncio.Event()
         self.committed_seq: int | None = None  # log position of the newest committed update
         self.broken = False
@@ -209,7 +240,9 @@ class Room:
                 await self._committer
 
     async def _drain(self) -> None:
-        while not self._queue.empty():
+        """Wait until every queued write is committed, the one the committer already took included:
+        cancelling it mid-commit would leave a REST caller waiting forever on its result."""
+        while (not self._queue.empty() or self._committing) and not (self._committer and self._committer.done()):
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Room:
@@ -304,21 +337,28 @@ class Room:
     async def _commit_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            # Server-side transactions run one at a time, each as its own commit.
-            for write in [w for w in batch if w.action is not None]:
-                await self._commit_action(write)
-            batch = [w for w in batch if w.action is None]
-            if not batch:
-                continue
+            self._committing = True
             try:
-                await self._commit(batch)
-            except Exception:
-                log.exception("room %s: commit failed; its senders will resync", self.name)
-                for write in batch:
-                    if write.connection is not None:
-                        write.connection.close_soon(CLOSE_SERVER_ERROR, "could not persist update, retry")
+                await self._commit_batch(batch)
+            finally:
+                self._committing = False
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        while len(batch) < self.max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        # Server-side transactions run one at a time, each as its own commit.
+        for write in [w for w in batch if w.action is not None]:
+            await self._commit_action(write)
+        batch = [w for w in batch if w.action is None]
+        if not batch:
+            return
+        try:
+            await self._commit(batch)
+        except Exception:
+            log.exception("room %s: commit failed; its senders will resync", self.name)
+            for write in batch:
+                if write.connection is not None:
+                    write.connection.close_soon(CLOSE_SERVER_ERROR, "could not persist update, retry")
 
     async def _commit_action(self, write: _Write) -> None:
         assert write.action is not None and write.result is not None
@@ -348,6 +388,7 @@ class Room:
         self._note_commit(1, time.time())
         self._broadcast([_Write(None, update, 0)])
         write.result.set_result(value)
+        await self._committed([update])
         if self.on_applied is not None:
             await self.on_applied(self, changes)
 
@@ -376,8 +417,18 @@ class Room:
             connection.send(protocol.ack_committed(index))
         self._note_commit(len(to_store), now if real else None, len(batch))
         self.stats.commit_seconds.append(time.perf_counter() - started)
+        if to_store:
+            await self._committed([s.update for s in to_store])
         if self.on_applied is not None and changes:
             await self.on_applied(self, changes)
+
+    async def _committed(self, updates: list[bytes]) -> None:
+        if self.on_committed is None:
+            return
+        try:
+            await self.on_committed(self, updates)
+        except Exception:  # already committed and acked: a fan-out problem must not look like a failed write
+            log.exception("room %s: on_committed hook failed", self.name)
 
     def _note_commit(self, stored: int, when: float | None, batch_size: int = 1) -> None:
         self.stats.commits += 1
