@@ -11,12 +11,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from server_stub import __version__, openapi, rest
+from server_stub import __version__, admin, openapi, positions_api, rest
 from server_stub.auth import LoginRateLimiter
 from server_stub.config import Settings
 from server_stub.db import open_database
 from server_stub.db.base import Database
 from server_stub.db.migrations import migrate
+from server_stub.fanout import UNREACHABLE, create_fanout
 from server_stub.http_auth import token_endpoint
 from server_stub.persistence import DatabasePersistence
 from server_stub.projection import Projector
@@ -34,11 +35,13 @@ async def health(request: Request) -> Response:
     except Exception as exc:
         return JSONResponse({"status": "error", "database": f"unreachable: {exc}", "version": __version__},
                             status_code=503)
+    redis = await state.fanout.health()  # "ok", "unreachable" or "not configured"
     return JSONResponse({
-        "status": "ok",
+        # Without Redis an instance still serves its own clients: degraded, not down.
+        "status": "degraded" if redis == UNREACHABLE else "ok",
         "database": {"status": "ok", "dialect": state.db.dialect},
         "extensions": extensions,
-        "redis": "configured" if state.settings.redis_url else "not configured",
+        "redis": redis,
         "version": __version__,
     })
 
@@ -53,10 +56,11 @@ async def metrics(request: Request) -> Response:
         "# HELP webhost_sync_connections Open sync sockets.",
         "# TYPE webhost_sync_connections gauge",
         f"webhost_sync_connections {sum(i.connections for i in infos)}",
-        "# HELP webhost_room_commits_total Group commits of CRDT updates since the room loaded.",
+        "# HELP webhost_room_commits_total Group commits of CRDT updates in the rooms now loaded.",
         "# TYPE webhost_room_commits_total counter",
     ]
-    lines.extend(f'webhost_room_commits_total{{tenant="{i.tenant_id}"}} {i.commits}' for i in infos)
+    # No per-tenant labels: /metrics needs no login, and tenant ids are not for anonymous scrapers.
+    lines.append(f"webhost_room_commits_total {sum(i.commits for i in infos)}")
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
 
@@ -74,7 +78,10 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             if run_migrations:
                 await migrate(db)
             persistence = DatabasePersistence(db)
-            rooms = RoomManager(persistence, max_message_bytes=settings.max_message_bytes)
+            fanout = create_fanout(settings.redis_url)
+            app.state.fanout = fanout
+            rooms = RoomManager(persistence, max_message_bytes=settings.max_message_bytes,
+                                idle_seconds=settings.room_idle_seconds, fanout=fanout)
             projector = Projector(db)
             rooms.on_applied(projector.on_applied)
             app.state.settings = settings
@@ -85,11 +92,16 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             app.state.rate_limiter = LoginRateLimiter()
             await projector.start()
             await rooms.start()
+            await fanout.start()  # never fails for an unreachable Redis: it reconnects in the background
             await _catch_up_projection(db, rooms, projector)
+            await positions_api.start(app.state, db)  # position ingest, partition upkeep, live push
             yield
         finally:
+            if hasattr(app.state, "positions"):
+                await app.state.positions.close()
             if hasattr(app.state, "rooms"):
                 await app.state.rooms.close()
+                await app.state.fanout.close()
                 await app.state.projector.close()
             await db.close()
 
@@ -99,6 +111,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         Route("/api/openapi.json", openapi_json),
         Route("/api/v1/auth/token", token_endpoint, methods=["POST"]),
         WebSocketRoute("/sync/{tenant_id}", sync_endpoint),
+        *positions_api.routes,
+        *admin.routes,
         *rest.routes,  # last: its /api/v1/{collection} pattern would shadow the specific routes
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -81,6 +81,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number between {low:g} and {high:g}, got {raw!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ConfigError(f"{name} must be a number between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment; build it with `Settings.from_env()`."""
@@ -93,6 +106,7 @@ class Settings:
     access_token_ttl: int = 900
     refresh_token_ttl: int = 30 * 24 * 3600
     max_message_bytes: int = 8 * 1024 * 1024
+    room_idle_seconds: float = 300.0  # a room nobody has used this long is unloaded (its state is in the DB)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +119,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             host=env.get("HOST", "") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 1, 65535),
+            room_idle_seconds=_float(env, "WEBHOST_ROOM_IDLE_SECONDS", 300.0, 0.0, 7 * 24 * 3600.0),
         )
 
     def __repr__(self) -> str:

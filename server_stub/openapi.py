@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server_stub import openapi_positions
 from sync.schema import COLLECTIONS, FIELDS
 
 _STOP = {"type": "object", "properties": {"name": {"type": "string"}, "lon": {"type": "number"},
@@ -78,6 +79,7 @@ def document() -> dict[str, Any]:
                                             "responses": {"200": {"description": "tokens"},
                                                           "401": _error_response("invalid credentials"),
                                                           "429": _error_response("too many attempts")}}}
+    paths.update(openapi_positions.paths())
     paths["/health"] = {"get": {"summary": "Database, extensions and version", "responses": {"200": {
         "description": "healthy"}, "503": {"description": "database unreachable"}}}}
     return {

@@ -165,7 +165,11 @@ class Projector:
     # -- the background worker -----------------------------------------------------------------
 
     async def on_applied(self, room: Room, changes: Changes) -> None:
-        _, pending = self._pending.setdefault(room.name, (room, _Pending()))
+        entry = self._pending.get(room.name)
+        pending = entry[1] if entry is not None else _Pending()
+        # Keep the newest room: after an unload and reload the old room's document is frozen, and
+        # projecting the new room's changes from it would drop them (behind an advanced watermark).
+        self._pending[room.name] = (room, pending)
         for collection, ids in changes.touched.items():
             pending.touched[collection] |= ids
         pending.upto = max(pending.upto, room.committed_seq or 0)

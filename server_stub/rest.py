@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -110,13 +110,27 @@ def _filters(request: Request, collection: str, dialect: str) -> tuple[list[str]
     since = request.query_params.get("filter[updated_since]")
     if since is not None:
         try:
-            datetime.fromisoformat(since.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(since.replace("Z", "+00:00"))
         except ValueError:
             raise BadRequest(400, "bad filter", "filter[updated_since] must be an ISO 8601 date-time") from None
-        # updated_at is stored as ISO 8601 UTC text, so text order is time order.
+        # updated_at is stored as ISO 8601 UTC text with milliseconds and "Z" (sync.services.utc_now),
+        # so text order is time order only once the filter is spelled the same way: any offset, whole
+        # seconds or a naive time (taken as UTC) would otherwise compare as a string.
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
         where.append("updated_at >= ?")
-        params.append(since)
+        params.append(when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
     return where, params
+
+
+KNOWN_PARAMETERS = ("filter[bbox]", "filter[updated_since]", "page[size]", "page[number]")
+
+
+def _check_parameters(request: Request) -> None:
+    """An unknown filter or paging parameter is an error: ignoring a typo would answer unfiltered data."""
+    for name in request.query_params:
+        if name.startswith(("filter[", "page[")) and name not in KNOWN_PARAMETERS:
+            raise BadRequest(400, "bad filter", f"unknown query parameter {name}; supported: "
+                             + ", ".join(KNOWN_PARAMETERS))
 
 
 async def _principal(request: Request, *, write: bool) -> Principal:
@@ -149,6 +163,7 @@ async def list_resources(request: Request) -> Response:
         collection = _collection(request)
         principal = await _principal(request, write=False)
         tenant = tenant_of(request, principal)
+        _check_parameters(request)
         size, number = _page(request)
         db = request.app.state.db
         where, params = _filters(request, collection, db.dialect)

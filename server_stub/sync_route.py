@@ -68,6 +68,8 @@ async def sync_endpoint(websocket: WebSocket) -> None:
             raise AuthError(401, "token required")
         principal = await resolve_token(state.db, state.settings, token)
         require_tenant(principal, tenant_id)
+        if not principal.can_read_fleet:  # e.g. an API key scoped to position uploads only
+            raise AuthError(403, "this account cannot read fleet data")
     except AuthError as exc:
         await deny(websocket, exc.status, exc.reason)
         return

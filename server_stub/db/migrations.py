@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from server_stub.db import schema_pg, schema_sqlite
+from server_stub.db import schema_pg, schema_positions, schema_sqlite
 from server_stub.db.base import Database, DatabaseError, Dialect, Tx, time_param, utcnow
 from server_stub.db.schema_pg import ExtensionMissing, tenant_rls_sql
 
@@ -45,6 +45,7 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "accounts", {"postgres": schema_pg.ACCOUNTS, "sqlite": schema_sqlite.ACCOUNTS}),
     Migration(3, "crdt_log", {"postgres": schema_pg.CRDT_LOG, "sqlite": schema_sqlite.CRDT_LOG}),
     Migration(4, "fleet_tables", {"postgres": schema_pg.FLEET_TABLES, "sqlite": schema_sqlite.fleet_tables}),
+    Migration(5, "positions", {"postgres": schema_positions.positions_pg, "sqlite": schema_positions.POSITIONS_SQLITE}),
 ]
 
 __all__ = [

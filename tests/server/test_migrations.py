@@ -26,7 +26,8 @@ from .conftest import throwaway_pg_database
 pytestmark = pytest.mark.anyio
 
 TENANT_TABLES = (
-    "vehicles", "drivers", "routes", "geofences", "crdt_updates", "crdt_snapshots", "projection_state", "api_keys"
+    "vehicles", "drivers", "routes", "geofences", "crdt_updates", "crdt_snapshots", "projection_state", "api_keys",
+    "gps_positions", "geofence_events", "vehicle_state",
 )  # fmt: skip
 
 
@@ -67,9 +68,12 @@ async def test_every_table_exists_with_customer_id_on_tenant_tables(db: Database
 
 async def test_spatial_columns_are_registered_and_indexed(db: Database) -> None:
     if db.dialect == "postgres":
-        rows = await db.fetch("SELECT f_table_name, type, srid FROM geometry_columns ORDER BY f_table_name")
+        # The daily partitions of gps_positions list the parent's point column too.
+        rows = await db.fetch("SELECT f_table_name, type, srid FROM geometry_columns "
+                              "WHERE f_table_name NOT LIKE 'gps_positions_p%' ORDER BY f_table_name")
         assert [(r["f_table_name"], r["type"], r["srid"]) for r in rows] == [
             ("geofences", "MULTIPOLYGON", 4326),
+            ("gps_positions", "POINT", 4326),
             ("routes", "LINESTRING", 4326),
         ]
         indexes = await db.fetch("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%USING gist%'")
@@ -91,7 +95,8 @@ async def test_row_level_security_is_forced_on_every_tenant_table(pg_url: str, a
         rows = await db.fetch(
             "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname IN"
             " ('vehicles', 'drivers', 'routes', 'geofences', 'crdt_updates', 'crdt_snapshots',"
-            " 'projection_state', 'api_keys', 'users', 'customers')"
+            " 'projection_state', 'api_keys', 'users', 'customers', 'gps_positions', 'geofence_events',"
+            " 'vehicle_state')"
         )
         assert {r["relname"] for r in rows if r["relrowsecurity"] and r["relforcerowsecurity"]} == {
             *TENANT_TABLES,
@@ -99,7 +104,9 @@ async def test_row_level_security_is_forced_on_every_tenant_table(pg_url: str, a
             "customers",
         }
         policies = await db.fetch("SELECT tablename FROM pg_policies WHERE policyname = 'tenant_isolation'")
-        assert {p["tablename"] for p in policies} == set(TENANT_TABLES)
+        # Each daily partition of gps_positions carries the policy too (it guards direct access).
+        tables = {p["tablename"] for p in policies}
+        assert {t for t in tables if not t.startswith("gps_positions_p")} == set(TENANT_TABLES)
     finally:
         await db.close()
 
