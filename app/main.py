@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,36 +16,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def self_test() -> int:
-    """One line per check; non-zero exit when any check fails."""
-    from storage import Store, find_spatialite
-
-    failures = 0
-
-    def report(name: str, ok: bool, detail: str) -> None:
-        nonlocal failures
-        failures += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
-
-    try:
-        report("mod_spatialite loads", True, find_spatialite())
-    except Exception as exc:
-        report("mod_spatialite loads", False, str(exc))
-    try:
-        with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "self-test.sqlite") as store:
-            store.sync_log.set_meta("self_test", "1")
-            report("store is writable", store.integrity_check() == "ok", str(store.path))
-    except Exception as exc:
-        report("store is writable", False, str(exc))
-    return 1 if failures else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.self_test:
-        return self_test()
-    print("webhost-desktop: the desktop window is not available in this build yet", file=sys.stderr)
-    return 2
+        from app.selftest import run
+
+        return run()
+    from app.env import prepare_qt
+
+    prepare_qt()
+    from PySide6.QtWidgets import QApplication
+
+    from app.launch import open_window
+    from app.logs import setup_logging
+
+    log_path = setup_logging()
+    app = QApplication(sys.argv[:1])
+    app.setApplicationName("WebHost Fleet")
+    app.setOrganizationName("WebHost")
+    window = open_window(args.profile, args.server, args.field)
+    if window is None:
+        print("webhost-desktop: sign-in cancelled", file=sys.stderr)
+        return 1
+    window.show()
+    print(f"webhost-desktop: logging to {log_path}", file=sys.stderr)
+    code = app.exec()
+    from app.mapview import release_map_profile
+
+    window.deleteLater()
+    release_map_profile()
+    return code
 
 
 if __name__ == "__main__":

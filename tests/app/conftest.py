@@ -1,0 +1,86 @@
+"""Qt runs offscreen (Picard's rule) with one QApplication for the session (pytest-qt's qapp), and
+every profile, log and keyring look-up goes to a temporary home, never the developer's."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QTWEBENGINE_DISABLE_SANDBOX", "1")
+os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--disable-gpu --no-sandbox")
+_HOME = tempfile.mkdtemp(prefix="webhost-app-tests-")
+for _var in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+    os.environ[_var] = os.path.join(_HOME, _var.lower())
+
+from app.env import prepare_qt  # noqa: E402
+
+prepare_qt(headless=True)  # the mbtiles: scheme must be registered before the QApplication exists
+
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from pytestqt.qtbot import QtBot  # noqa: E402
+
+from app.context import FleetContext  # noqa: E402
+from app.mapview import MapView  # noqa: E402
+
+MAP_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_web_profile_last(qapp: Any) -> Iterator[None]:
+    yield
+    from app.mapview import release_map_profile
+
+    release_map_profile()
+
+
+@pytest.fixture
+def ctx(qapp: Any, tmp_path: Path) -> Iterator[FleetContext]:
+    context = FleetContext.open(tmp_path / "profile")
+    yield context
+    context.close()
+
+
+def map_state(qtbot: QtBot, view: MapView) -> dict[str, Any]:
+    box: list[dict[str, Any]] = []
+    view.request_state(box.append)
+    qtbot.waitUntil(lambda: bool(box), timeout=10_000)
+    return box[0]
+
+
+def wait_map(qtbot: QtBot, view: MapView, check: Any, timeout: int = MAP_TIMEOUT_MS) -> dict[str, Any]:
+    """Poll mapState() until check(state) holds; returns that state."""
+    last: dict[str, Any] = {}
+
+    def holds() -> bool:
+        last.clear()
+        last.update(map_state(qtbot, view))
+        return bool(last) and bool(check(last))  # {} until the page has loaded
+
+    qtbot.waitUntil(holds, timeout=timeout)
+    return last
+
+
+def evaluate(qtbot: QtBot, view: MapView, script: str) -> Any:
+    box: list[Any] = []
+    view.evaluate(script, box.append)
+    qtbot.waitUntil(lambda: bool(box), timeout=10_000)
+    value = box[0]
+    return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
+
+
+@pytest.fixture
+def ready_map(qtbot: QtBot, qapp: Any) -> Iterator[MapView]:
+    view = MapView()
+    qtbot.addWidget(view)
+    view.resize(800, 600)
+    view.show()
+    if not view.is_ready:
+        with qtbot.waitSignal(view.ready, timeout=MAP_TIMEOUT_MS):
+            pass
+    yield view
