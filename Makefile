@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-export QT_QPA_PLATFORM ?= offscreen
+# Tests run Qt offscreen; `make demo` must not, or the desktop app would open where no one sees it.
+test pytest bundle: export QT_QPA_PLATFORM ?= offscreen
 export QTWEBENGINE_DISABLE_SANDBOX ?= 1
 
-.PHONY: setup test lint typecheck pytest demo bench clean
+.PHONY: setup test lint typecheck pytest demo bench bundle clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -28,6 +29,11 @@ test: setup
 
 demo: setup
 	$(PY) -m scripts.demo $(if $(HEADLESS),--headless,)
+
+# One-folder desktop bundle in dist/webhost-desktop/ (run dist/webhost-desktop/webhost-desktop).
+bundle: setup
+	$(VENV)/bin/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/webhost-desktop.spec
+	@echo "bundle: dist/webhost-desktop/webhost-desktop (try --self-test)"
 
 bench: setup
 	$(PY) -m bench.storage_bench

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_qt()
     from PySide6.QtWidgets import QApplication
 
+    from app.collector import UiThreadCollector
     from app.launch import open_window
     from app.logs import setup_logging
 
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication(sys.argv[:1])
     app.setApplicationName("WebHost Fleet")
     app.setOrganizationName("WebHost")
+    collector = UiThreadCollector(app)
     window = open_window(args.profile, args.server, args.field)
     if window is None:
         print("webhost-desktop: sign-in cancelled", file=sys.stderr)
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     window.deleteLater()
     release_map_profile()
+    collector.stop()
     return code
 
 

@@ -54,12 +54,19 @@ class _Relay(QObject):
     progress = Signal(int, int, str)
 
 
-def _run_job(fn: Callable[[], Any], relay: _Relay) -> None:
+def _run_job(job: list[Callable[[], Any]], relay: _Relay) -> None:
+    """Runs job[0] and lets go of it before reporting: the UI thread empties the list, so the
+    closure (and any widget it captured) is freed there, never in this worker. PySide defers a
+    widget freed in another thread to an arbitrary later moment on the UI thread, which can
+    deadlock inside a Qt callback (see app.collector)."""
+    fn = job[0]
     try:
         result = fn()
     except BaseException as exc:  # delivered to the UI thread, never lost in the worker
+        del fn
         relay.failed.emit(exc)
     else:
+        del fn
         relay.done.emit(result)
 
 
@@ -112,9 +119,13 @@ class Ops(QObject):
                 on_error: Callable[[BaseException], None] | None) -> Op[T]:
         op: Op[T] = Op()
         self._inflight.add(op)
+        progress = op.progress
+
+        job: list[Callable[[], Any]] = [lambda: fn(progress)]
 
         @Slot(object)
         def done(result: T) -> None:
+            job.clear()
             op.result, op.is_done = result, True
             try:
                 if on_done is not None:
@@ -128,6 +139,7 @@ class Ops(QObject):
 
         @Slot(object)
         def failed(exc: BaseException) -> None:
+            job.clear()
             op.error, op.is_done = exc, True
             try:
                 if isinstance(exc, StoreClosed):
@@ -145,9 +157,9 @@ class Ops(QObject):
 
         op.relay.done.connect(done)
         op.relay.failed.connect(failed)
-        progress, relay = op.progress, op.relay
+        relay = op.relay
         try:
-            future = pool.submit(_run_job, lambda: fn(progress), relay)
+            future = pool.submit(_run_job, job, relay)
         except RuntimeError:  # shut down: the context closed, and a late timer asked for more
             log.debug("dropped work submitted after shutdown")
             self._inflight.discard(op)

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libegl1 libgl1 libopengl0 libfontconfig1 libdbus-1-3 libnss3 libxcomposite1 libxdamage1
   libxrandr2 libxtst6 libxkbfile1 libasound2 fonts-dejavu-core
   chromium                           # real browser for admin-page tests
+  binutils                           # objdump, which PyInstaller uses to walk shared-library deps
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

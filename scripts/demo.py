@@ -75,13 +75,17 @@ def main() -> int:
     print(loaded.stdout.rstrip())
     print(f"  admin page: {url}/admin    API: {url}/api/openapi.json    health: {url}/health")
 
-    server = subprocess.Popen([str(BIN / "webhost-server"), "serve"], env=env)
+    server = subprocess.Popen([str(BIN / "webhost-server"), "serve", "--quiet"], env=env)
     desktop: subprocess.Popen[bytes] | None = None
     stop = asyncio.Event()
     try:
         _wait_healthy(url, server)
         print(f"  server: {url} (embedded store in {args.data_dir})")
-        if not args.headless:
+        has_screen = any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+        if not args.headless and not has_screen and sys.platform.startswith("linux"):
+            print("  desktop app: not started, there is no display (DISPLAY is unset); "
+                  "run `make demo` in a desktop session, or use `make demo HEADLESS=1`")
+        elif not args.headless:
             desktop_env = {**env, "WEBHOST_EMAIL": demo.USERS["dispatcher"], "WEBHOST_PASSWORD": demo.PASSWORD}
             desktop = subprocess.Popen([str(BIN / "webhost-desktop"), "--server", url,
                                         "--profile", str(args.data_dir / "desktop-dispatcher")], env=desktop_env)

@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
-import importlib
-import inspect
 import os
 import sys
 import traceback
@@ -157,31 +155,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         applied = _with_db(settings.database_url, db_migrations.migrate, require_schema=False)
         if applied:
             print(f"applied migrations: {', '.join(applied)}", file=sys.stderr)
-    try:
-        app_module = importlib.import_module("server_stub.app")
-    except ModuleNotFoundError as exc:
-        if exc.name != "server_stub.app":
-            raise
-        raise CliError("the server application is not part of this build yet", 2) from None
-    create_app = app_module.create_app
+    from server_stub.app import create_app
+
     # We already migrated (or were told not to): the app need not do it again.
-    wants_flag = "run_migrations" in inspect.signature(create_app).parameters
-    app = create_app(settings, run_migrations=False) if wants_flag else create_app(settings)
+    app = create_app(settings, run_migrations=False)
 
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning" if args.quiet else "info",
+                access_log=not args.quiet)
     return 0
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    try:
-        demo = importlib.import_module("server_stub.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "server_stub.demo":
-            raise
-        print("demo data arrives with the demo issue", file=sys.stderr)
-        return 2
+    from server_stub import demo
+
     settings = Settings.from_env(_env(args))
 
     async def load(db: Database) -> Any:
@@ -214,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: PORT or 8000)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations first")
+    serve.add_argument("--quiet", action="store_true", help="log warnings and errors only, no access log")
     add("migrate", cmd_migrate)
     tenant = add("create-tenant", cmd_create_tenant)
     tenant.add_argument("name", metavar="NAME", help="the customer's display name")

@@ -1,4 +1,4 @@
-"""The demo: a Berlin tenant with an admin, a dispatcher and a field user, about twenty vehicles
+"""The demo: a Helsinki tenant with an admin, a dispatcher and a field user, about twenty vehicles
 with drivers, routes and geofences around real landmarks, and a simulator that drives them.
 
 `webhost-server demo-data` loads it offline (through the durable update log and the projection,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -27,22 +28,24 @@ from sync.document import FleetDocument
 from sync.room import StoredUpdate
 from sync.services import create_record
 
-TENANT_NAME = "Demo Fleet Berlin"
+TENANT_NAME = "Demo Fleet Helsinki"
 PASSWORD = "demo-fleet-2026"
 USERS = {"admin": "admin@demo.webhost.example", "dispatcher": "dispatcher@demo.webhost.example",
          "field": "field@demo.webhost.example"}
 VEHICLE_COUNT = 20
 
-# Real places in central Berlin (lon, lat), inside the shipped demo map.
+# Real places in central Helsinki (lon, lat), all inside the demo MBTiles the desktop app ships
+# (resources/demo.mbtiles covers 24.935-24.953 E, 60.164-60.179 N), so the demo fleet is on the
+# offline map. tests/server/test_demo_data.py checks every coordinate against the file's bounds.
 LANDMARKS: dict[str, tuple[float, float]] = {
-    "Alexanderplatz": (13.4132, 52.5219), "Brandenburger Tor": (13.3777, 52.5163),
-    "Potsdamer Platz": (13.3760, 52.5096), "Hauptbahnhof": (13.3695, 52.5251),
-    "Ostbahnhof": (13.4344, 52.5108), "Kottbusser Tor": (13.4180, 52.4990),
-    "Hermannplatz": (13.4245, 52.4868), "Checkpoint Charlie": (13.3904, 52.5075),
-    "Gesundbrunnen": (13.3885, 52.5486), "Warschauer Strasse": (13.4491, 52.5058),
-    "Frankfurter Tor": (13.4541, 52.5160), "Rosenthaler Platz": (13.4016, 52.5297),
-    "Mehringdamm": (13.3885, 52.4937), "Schoenhauser Allee": (13.4147, 52.5491),
-    "Nordbahnhof": (13.3883, 52.5318), "Moritzplatz": (13.4106, 52.5037),
+    "Rautatientori": (24.9441, 60.1710), "Ateneum": (24.9446, 60.1699),
+    "Kaisaniemi": (24.9467, 60.1745), "Siltasaari": (24.9498, 60.1774),
+    "Senaatintori": (24.9520, 60.1694), "Kauppatori": (24.9512, 60.1671),
+    "Kappeli": (24.9478, 60.1676), "Stockmann": (24.9413, 60.1688),
+    "Narinkkatori": (24.9372, 60.1693), "Kiasma": (24.9372, 60.1721),
+    "Musiikkitalo": (24.9378, 60.1750), "Kluuvi": (24.9478, 60.1712),
+    "Erottaja": (24.9437, 60.1661), "Kasarmitori": (24.9488, 60.1655),
+    "Yrjönkatu": (24.9383, 60.1666), "Kaisaniemen puisto": (24.9470, 60.1765),
 }
 
 
@@ -59,7 +62,7 @@ class DemoInfo:
 
 def _square(lon: float, lat: float, half_m: float) -> dict[str, Any]:
     dlat = half_m / 111_320
-    dlon = dlat / 0.61  # cos(52.5°)
+    dlon = dlat / math.cos(math.radians(lat))
     ring = [[lon - dlon, lat - dlat], [lon + dlon, lat - dlat], [lon + dlon, lat + dlat], [lon - dlon, lat + dlat]]
     return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
 
@@ -76,31 +79,31 @@ def build_fleet(document: FleetDocument, *, seed: int = 7) -> list[str]:
     now = "2026-11-25T06:00:00.000Z"
     vehicle_ids: list[str] = []
     with document.transaction():
-        for name, (lon, lat), kind in (("Depot Mitte", LANDMARKS["Nordbahnhof"], "depot"),
-                                       ("Depot Kreuzberg", LANDMARKS["Moritzplatz"], "depot")):
-            create_record(document, "geofences", {"name": name, "kind": kind, "geometry": _square(lon, lat, 250),
+        for name, (lon, lat), kind in (("Depot Kiasma", LANDMARKS["Kiasma"], "depot"),
+                                       ("Depot Kasarmitori", LANDMARKS["Kasarmitori"], "depot")):
+            create_record(document, "geofences", {"name": name, "kind": kind, "geometry": _square(lon, lat, 60),
                                                   "speed_limit_kph": 20}, now=now)
-        for name in ("Alexanderplatz", "Hauptbahnhof", "Ostbahnhof", "Hermannplatz", "Gesundbrunnen"):
+        for name in ("Rautatientori", "Senaatintori", "Kauppatori", "Stockmann", "Musiikkitalo"):
             lon, lat = LANDMARKS[name]
-            create_record(document, "geofences", {"name": f"Customer {name}", "kind": "customer", "radius_m": 200,
+            create_record(document, "geofences", {"name": f"Customer {name}", "kind": "customer", "radius_m": 50,
                                                   "geometry": {"type": "Point", "coordinates": [lon, lat]}}, now=now)
-        lon, lat = LANDMARKS["Brandenburger Tor"]
-        create_record(document, "geofences", {"name": "Pariser Platz (no trucks)", "kind": "restricted",
-                                              "geometry": _square(lon, lat, 150), "speed_limit_kph": 10}, now=now)
+        lon, lat = LANDMARKS["Kappeli"]
+        create_record(document, "geofences", {"name": "Esplanadi (no trucks)", "kind": "restricted",
+                                              "geometry": _square(lon, lat, 40), "speed_limit_kph": 10}, now=now)
         tours = _tours(rng)
         for i in range(VEHICLE_COUNT):
             driver = create_record(document, "drivers", {
-                "name": f"{rng.choice(['Anna', 'Ben', 'Clara', 'Deniz', 'Emil', 'Fatma', 'Greta', 'Hakan'])} "
-                        f"{rng.choice(['Schulz', 'Yilmaz', 'Becker', 'Nowak', 'Wagner', 'Kaya'])}",
-                "phone": f"+49 30 5550 {i:03d}", "license_number": f"B{rng.randrange(10**7, 10**8)}",
+                "name": f"{rng.choice(['Aino', 'Eero', 'Helmi', 'Juha', 'Laura', 'Mikko', 'Sanna', 'Timo'])} "
+                        f"{rng.choice(['Virtanen', 'Korhonen', 'Nieminen', 'Mäkinen', 'Laine', 'Koskinen'])}",
+                "phone": f"+358 9 5550 {i:03d}", "license_number": f"B{rng.randrange(10**7, 10**8)}",
                 "license_expiry": f"{2027 + i % 4}-0{1 + i % 9}-15"}, now=now)
             vehicle = create_record(document, "vehicles", {
-                "name": f"{'Van' if i % 3 else 'Truck'} {i + 1:02d}", "plate": f"B-WH {1000 + i}",
+                "name": f"{'Van' if i % 3 else 'Truck'} {i + 1:02d}", "plate": f"WHF-{100 + i}",
                 "device_id": f"demo-{i + 1:02d}", "driver_id": driver,
                 "speed_limit_kph": 50 if i % 3 else 40, "notes": "demo vehicle"}, now=now)
             stops = next(tours)
             create_record(document, "routes", {
-                "name": f"Tour {i + 1:02d}: {stops[0]} → {stops[-1]}", "vehicle_id": vehicle, "corridor_m": 150,
+                "name": f"Tour {i + 1:02d}: {stops[0]} → {stops[-1]}", "vehicle_id": vehicle, "corridor_m": 60,
                 "geometry": {"type": "LineString", "coordinates": [list(LANDMARKS[s]) for s in stops]},
                 "stops": [{"name": s, "lon": LANDMARKS[s][0], "lat": LANDMARKS[s][1]} for s in stops]}, now=now)
             vehicle_ids.append(vehicle)

@@ -17,6 +17,7 @@ from app.env import prepare_qt  # noqa: E402
 
 prepare_qt(headless=True)  # the mbtiles: scheme must be registered before the QApplication exists
 
+import gc  # noqa: E402
 import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,10 +34,24 @@ MAP_TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="session", autouse=True)
 def _release_web_profile_last(qapp: Any) -> Iterator[None]:
+    from app.collector import UiThreadCollector
+
+    collector = UiThreadCollector()  # as the app does: no garbage collection in worker threads
     yield
     from app.mapview import release_map_profile
 
     release_map_profile()
+    collector.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_ui_thread(qapp: Any) -> Iterator[None]:
+    """Each test's closed windows are freed here, on the UI thread, before the next test starts."""
+    yield
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
 
 
 @pytest.fixture

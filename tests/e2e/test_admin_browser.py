@@ -74,7 +74,10 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, server: LiveServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # bypass_csp lets Playwright's own polling of wait_for_function run: it evaluates the predicate
+    # with eval, which the admin page's CSP (script-src 'self') rightly refuses. The page's own
+    # scripts are unaffected; tests/server/test_admin_security.py checks the CSP header itself.
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     context.set_default_timeout(TIMEOUT_MS)
     tab = context.new_page()
     requested: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -70,3 +71,41 @@ def test_make_demo_headless_serves_health_and_the_fleet_reports_positions(tmp_pa
             os.killpg(process.pid, signal.SIGKILL)
             output, _ = process.communicate()
     assert "dispatcher@demo.webhost.example" in output and "/admin" in output
+
+
+def test_make_demo_opens_the_desktop_app_signed_in_as_the_dispatcher(tmp_path: Path) -> None:
+    """The full `make demo`: the desktop app (offscreen here) signs in with the printed dispatcher
+    account by itself and syncs the demo fleet into its own profile store."""
+    port = free_port()
+    home = tmp_path / "home"
+    env = {**os.environ, "WEBHOST_DEMO_DIR": str(tmp_path / "demo"), "PORT": str(port), "QT_QPA_PLATFORM": "offscreen",
+           "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_STATE_HOME": str(home / "state"), "XDG_CACHE_HOME": str(home / "cache")}
+    process = subprocess.Popen(["make", "-s", "demo"], cwd=ROOT, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    profile = tmp_path / "demo" / "demo" / "desktop-dispatcher"  # WEBHOST_DEMO_DIR/demo holds the demo's files
+    try:
+        settings = wait_for(lambda: (profile / "settings.json").is_file() and (profile / "settings.json").read_text(),
+                            120, "the desktop app signing in")
+        assert demo.USERS["dispatcher"] in settings and '"role": "dispatcher"' in settings
+
+        def synced_vehicles() -> int:
+            if not (profile / "fleet.sqlite").is_file():
+                return 0
+            connection = sqlite3.connect(f"file:{profile / 'fleet.sqlite'}?mode=ro", uri=True, timeout=5)
+            try:
+                return int(connection.execute("SELECT count(*) FROM vehicles").fetchone()[0])
+            except sqlite3.OperationalError:  # the app has not created its tables yet
+                return 0
+            finally:
+                connection.close()
+
+        wait_for(lambda: synced_vehicles() == demo.VEHICLE_COUNT, 120, "the demo fleet syncing into the desktop app")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+    assert "desktop app: signed in as the dispatcher" in output

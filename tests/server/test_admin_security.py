@@ -334,3 +334,13 @@ def test_admin_pages_load_nothing_from_another_host_and_forbid_it_by_policy(worl
         refused = alpha.get(f"/admin/tenants/{world.b.id}/users")
         assert refused.status_code == 403
         check(alpha, "403 page", refused)
+
+
+def test_admin_pages_forbid_inline_and_foreign_scripts_and_framing(world: World) -> None:
+    with AdminClient(world.server).signed_in(world.a.emails["admin"]) as alpha:
+        for path in ("/admin/login", f"/admin/tenants/{world.a.id}/users", f"/admin/tenants/{world.a.id}/map"):
+            headers = alpha.get(path).headers
+            policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+            assert policy["script-src"] == "'self'", path  # no inline script, no eval, no CDN
+            assert policy["frame-ancestors"] == "'none'" and headers["x-frame-options"] == "DENY", path
+            assert headers["x-content-type-options"] == "nosniff", path

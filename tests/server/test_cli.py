@@ -127,14 +127,6 @@ def test_every_command_has_help(tmp_path: Path) -> None:
         assert cli.SUBCOMMANDS[command] in result.stdout
 
 
-def test_demo_data_reports_when_the_demo_is_not_there_yet(tmp_path: Path) -> None:
-    result = run_cli("demo-data", database_url=f"sqlite:///{tmp_path}/demo.sqlite", tmp_path=tmp_path)
-    if (Path(cli.__file__).parent / "demo.py").exists():
-        pytest.skip("server_stub.demo exists now; its own tests cover demo-data")
-    assert result.returncode == 2
-    assert result.stderr.strip() == "demo data arrives with the demo issue"
-
-
 class _FakePostgres(PostgresDatabase):
     """Answers extension queries like a Postgres server without PostGIS or TimescaleDB."""
 
