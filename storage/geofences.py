@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from shapely.geometry.base import BaseGeometry
+
 from storage import geometry
 from storage.repository import Repository
 
@@ -49,8 +51,8 @@ class GeofenceRepository(Repository[Geofence]):
         derived["active"] = True if active is None else active
         return derived
 
-    def geometry_wkb(self, fields: Mapping[str, Any]) -> bytes | None:
-        return geometry.to_wkb(geometry.geofence_shape(fields))
+    def geometry_wkb(self, fields: Mapping[str, Any], parsed: BaseGeometry | None = None) -> bytes | None:
+        return geometry.to_wkb(geometry.geofence_shape(fields, parsed))
 
     def containing(self, lon: float, lat: float, *, active_only: bool = True) -> list[Geofence]:
         """Geofences that contain the point: an R*Tree lookup, then an exact test on the few hits."""

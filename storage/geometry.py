@@ -47,9 +47,10 @@ def as_multipolygon(geom: BaseGeometry) -> MultiPolygon | None:
     return None
 
 
-def geofence_shape(fields: Mapping[str, Any]) -> MultiPolygon | None:
-    """The area a geofence covers: its polygons, or a polygon for a Point with radius_m."""
-    geom = from_geojson(fields.get("geometry"))
+def geofence_shape(fields: Mapping[str, Any], parsed: BaseGeometry | None = None) -> MultiPolygon | None:
+    """The area a geofence covers: its polygons, or a polygon for a Point with radius_m.
+    `parsed` is fields["geometry"] already read (from_geojson would give the same), or None."""
+    geom = parsed if parsed is not None else from_geojson(fields.get("geometry"))
     if geom is None:
         return None
     if geom.geom_type == "Point":

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import orjson
+from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
 
@@ -83,6 +84,7 @@ class Repository(Generic[R]):
         self._numeric_columns = frozenset(
             c for c in self.columns if any(t in declared.get(c, "") for t in ("INT", "REAL", "FLOA", "DOUB", "NUM"))
         )
+        self._column_kinds = tuple((c, c in self._numeric_columns) for c in self.columns)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -90,7 +92,9 @@ class Repository(Generic[R]):
         """Column values computed from the record rather than copied (circle centres, say)."""
         return {}
 
-    def geometry_wkb(self, fields: Mapping[str, Any]) -> bytes | None:
+    def geometry_wkb(self, fields: Mapping[str, Any], parsed: BaseGeometry | None = None) -> bytes | None:
+        """The geometry column's value as WKB. `parsed` is the record's `geometry` already read
+        by shapely (by validation, say), or None to read it here: the result is the same."""
         return None
 
     # -- reads -------------------------------------------------------------------------------
@@ -157,16 +161,26 @@ class Repository(Generic[R]):
 
     # -- writes ------------------------------------------------------------------------------
 
-    def _row(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None) -> tuple[Any, ...]:
+    def _row(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None,
+             parsed: BaseGeometry | None = None) -> tuple[Any, ...]:
         derived = self.derived_columns(fields)
         values: list[Any] = [record_id]
-        values.extend(
-            _column_value(derived[c] if c in derived else fields.get(c), c in self._numeric_columns)
-            for c in self.columns
-        )
+        append = values.append
+        get = fields.get
+        for column, numeric in self._column_kinds:
+            value = derived[column] if column in derived else get(column)
+            # The common cases inline (thousands of rows per initial sync); the rest as _column_value says.
+            kind = type(value)
+            if value is None:
+                append(None)
+            elif (kind is float or kind is int) if numeric else kind is str:
+                append(value)
+            else:
+                append(_column_value(value, numeric))
         # Sorted keys: two replicas must write byte-identical rows for the same record.
-        values.append(orjson.dumps(dict(fields), option=orjson.OPT_SORT_KEYS, default=str).decode())
-        wkb = self.geometry_wkb(fields) if self.geometry_column else None
+        document = fields if type(fields) is dict else dict(fields)
+        append(orjson.dumps(document, option=orjson.OPT_SORT_KEYS, default=str).decode())
+        wkb = self.geometry_wkb(fields, parsed) if self.geometry_column else None
         if self.geometry_column and wkb is None and fields.get("geometry") is not None and not invalid_reason:
             invalid_reason = "geometry: cannot be read as GeoJSON"
         values.append(invalid_reason)
@@ -183,10 +197,15 @@ class Repository(Generic[R]):
             return self.write_rows(conn, items, ())
 
     def write_rows(self, conn: Any, upserts: Iterable[tuple[str, Mapping[str, Any], str | None]],
-                   deletes: Iterable[str]) -> int:
+                   deletes: Iterable[str], parsed: Mapping[str, BaseGeometry] | None = None) -> int:
         """Upsert and delete on a connection already inside a transaction (no savepoints: the
-        mirror writes thousands of records per commit)."""
-        rows = [self._row(record_id, fields, reason) for record_id, fields, reason in upserts]
+        mirror writes thousands of records per commit). `parsed` maps record ids to their
+        geometry already read by shapely, which saves reading it again (see geometry_wkb)."""
+        if parsed:
+            rows = [self._row(record_id, fields, reason, parsed.get(record_id))
+                    for record_id, fields, reason in upserts]
+        else:
+            rows = [self._row(record_id, fields, reason) for record_id, fields, reason in upserts]
         if rows:
             conn.executemany(self._upsert_sql, rows)
         gone = [(record_id,) for record_id in deletes]

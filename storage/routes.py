@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from shapely.geometry.base import BaseGeometry
+
 from storage import geometry
 from storage.repository import Repository
 
@@ -37,8 +39,8 @@ class RouteRepository(Repository[Route]):
         corridor = fields.get("corridor_m")
         return {"corridor_m": 100.0 if corridor is None else corridor}
 
-    def geometry_wkb(self, fields: Mapping[str, Any]) -> bytes | None:
-        geom = geometry.from_geojson(fields.get("geometry"))
+    def geometry_wkb(self, fields: Mapping[str, Any], parsed: BaseGeometry | None = None) -> bytes | None:
+        geom = parsed if parsed is not None else geometry.from_geojson(fields.get("geometry"))
         return geometry.to_wkb(geom) if geom is not None and geom.geom_type == "LineString" else None
 
     def for_vehicle(self, vehicle_id: str) -> list[Route]:

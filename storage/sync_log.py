@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storage.store import Store
+
+
+_INSERT = "INSERT INTO crdt_log (payload, origin, created_at, acked) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,21 +30,23 @@ class SyncLog:
     def append(self, payload: bytes, origin: str) -> int:
         """Append an update; call it inside the transaction that also updates the mirror tables."""
         with self._store.transaction() as conn:
-            cursor = conn.execute(
-                "INSERT INTO crdt_log (payload, origin, created_at, acked) VALUES (?, ?, ?, ?)",
-                (payload, origin, time.time(), 0 if origin == "local" else 1),
-            )
-            return int(cursor.lastrowid)
+            return self.write(conn, payload, origin)
 
     def append_many(self, payloads: Iterable[bytes], origin: str) -> None:
         """Append several updates in one statement (remote updates that arrived together)."""
+        with self._store.transaction() as conn:
+            self.write_many(conn, payloads, origin)
+
+    def write(self, conn: Any, payload: bytes, origin: str) -> int:
+        """append() on a connection already inside a transaction (no savepoint); returns the seq."""
+        cursor = conn.execute(_INSERT, (payload, origin, time.time(), 0 if origin == "local" else 1))
+        return int(cursor.lastrowid)
+
+    def write_many(self, conn: Any, payloads: Iterable[bytes], origin: str) -> None:
+        """append_many() on a connection already inside a transaction (no savepoint)."""
         now = time.time()
         acked = 0 if origin == "local" else 1
-        with self._store.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO crdt_log (payload, origin, created_at, acked) VALUES (?, ?, ?, ?)",
-                [(payload, origin, now, acked) for payload in payloads],
-            )
+        conn.executemany(_INSERT, [(payload, origin, now, acked) for payload in payloads])
 
     def entries(self, *, after: int = 0) -> list[LogEntry]:
         rows = self._store.query(

@@ -6,13 +6,14 @@ what changed; whoever drove the transaction calls `take_changes()` afterwards an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pycrdt import Doc, Map, MapEvent, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent
+from pycrdt._pycrdt import MapEvent as RawMapEvent
 
 from sync.schema import COLLECTIONS, META, SCHEMA_VERSION
 
@@ -74,8 +75,15 @@ class FleetDocument:
         self._observe_records()
 
     def _observe_records(self) -> None:
+        # Subscribed on the underlying yrs map: pycrdt's observe_deep wraps every event (target,
+        # keys with old and new values, path) in Python objects first, which cost more than
+        # applying a small update; the observers here read only the path, and keys when needed.
         for name, ymap in self.maps.items():
-            self._deep[name] = ymap.observe_deep(self._observer_for(name))
+            self._deep[name] = ymap.integrated.observe_deep(self._observer_for(name))
+
+    def _unobserve_records(self) -> None:
+        for name in self.maps:
+            self._deep.pop(name).drop()
 
     # -- observers: queue only, never read the document here -----------------------------------
 
@@ -85,17 +93,21 @@ class FleetDocument:
             self._changes.updates.append(update)
 
     def _observer_for(self, collection: str) -> Any:
+        vehicles = collection == "vehicles"
+
         def on_change(events: list[Any]) -> None:
+            # Raw yrs events (see _observe_records), valid only during this call.
             touched = self._changes.touched[collection]  # looked up each time: take_changes swaps it
             for event in events:
-                keys = event.keys if isinstance(event, MapEvent) else {}  # type: ignore[attr-defined]
-                if event.path:
-                    touched.add(str(event.path[0]))  # a field inside a record changed
-                else:
-                    touched.update(str(key) for key in keys)  # records added or removed
-                if collection == "vehicles" and (not event.path or "device_id" in keys):
-                    # Rebuilt on next use: reading the document is not allowed in here.
-                    self._device_owners = None
+                path = event.path
+                if path:
+                    touched.add(str(path[0]))  # a field inside a record changed
+                    if vehicles and isinstance(event, RawMapEvent) and "device_id" in event.keys:  # type: ignore[attr-defined]
+                        self._device_owners = None  # rebuilt on next use: no reads in here
+                elif isinstance(event, RawMapEvent):  # records added or removed
+                    touched.update(str(key) for key in event.keys)  # type: ignore[attr-defined]
+                    if vehicles:
+                        self._device_owners = None
 
         return on_change
 
@@ -116,10 +128,20 @@ class FleetDocument:
         ymap = self.collection(collection)
         return _record_from_value(ymap.get(record_id)) if record_id in ymap else None
 
+    def records_for(self, collection: str, record_ids: Iterable[str]) -> dict[str, Record | None]:
+        """The given records (None for ids the document lacks), read in one document transaction."""
+        ymap = self.collection(collection)
+        with self.doc.transaction():
+            return {rid: _record_from_value(ymap.get(rid)) for rid in record_ids}
+
     def records(self, collection: str) -> dict[str, Record]:
         """Every record of a collection, decoded in one pass."""
         decoded = orjson.loads(str(self.collection(collection)))
         return {rid: value for rid, value in decoded.items() if isinstance(value, dict)}
+
+    def size(self, collection: str) -> int:
+        """How many records a collection holds; yrs counts them one by one, so not for hot paths."""
+        return len(self.collection(collection))
 
     def ids(self, collection: str) -> set[str]:
         return set(self.collection(collection).keys())
@@ -199,8 +221,7 @@ class FleetDocument:
             return
         # pycrdt builds a Python event per nested change; for a bulk update (an initial sync)
         # that costs more than applying it, so mark every record touched instead.
-        for name, ymap in self.maps.items():
-            ymap.unobserve(self._deep.pop(name))
+        self._unobserve_records()
         try:
             self.doc.apply_update(update)
         finally:

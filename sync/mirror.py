@@ -11,17 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Decoder, Doc, merge_updates
+from shapely.geometry.base import BaseGeometry
 
 from storage import Store
 from storage.repository import Repository
 from sync.document import Changes, FleetDocument, Record
 from sync.schema import COLLECTIONS
-from sync.validation import problems
+from sync.validation import Problem, checked, problems
 
 log = logging.getLogger(__name__)
 
-# Above this many touched records, decode the whole collection in one pass instead of one by one.
-BULK_DECODE_THRESHOLD = 500
+# When at least this share of a collection was touched, decode the whole collection in one pass
+# instead of record by record: per record, the one pass is only ~20% cheaper (measured with
+# 10k vehicles), so decoding everything to read a tenth of it would cost 8x more.
+BULK_DECODE_SHARE = 0.75
+BULK_DECODE_MIN = 100
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,10 @@ class CompactionNotLossless(RuntimeError):
 
 
 def invalid_reason(collection: str, record: Mapping[str, Any]) -> str | None:
-    found = problems(collection, record)
+    return _reason(problems(collection, record))
+
+
+def _reason(found: list[Problem]) -> str | None:
     return "; ".join(f"{p.field}: {p.reason}" for p in found) if found else None
 
 
@@ -164,10 +171,10 @@ class Mirror:
                               local_updates: list[tuple[int, bytes]]) -> None:
         with self.store.transaction() as conn:
             if raw_updates is not None:
-                self.store.sync_log.append_many(raw_updates, origin)
+                self.store.sync_log.write_many(conn, raw_updates, origin)
             else:
                 for update in changes.updates:
-                    local_updates.append((self.store.sync_log.append(update, origin), update))
+                    local_updates.append((self.store.sync_log.write(conn, update, origin), update))
             self._write_records(conn, changes.touched, changes.everything)
 
     def _write_records(self, conn: Any, touched: dict[str, set[str]], everything: set[str]) -> None:
@@ -177,17 +184,26 @@ class Mirror:
             repository = self._repositories[collection]
             if collection in everything:
                 ids = ids | repository.ids()  # rows the document no longer has are deleted below
-            if len(ids) > BULK_DECODE_THRESHOLD:
+            # (size() walks the whole map, so it is asked only when a bulk decode could pay off.)
+            if collection in everything or (
+                len(ids) > BULK_DECODE_MIN and len(ids) >= BULK_DECODE_SHARE * self.document.size(collection)
+            ):
                 decoded = self.document.records(collection)
                 found: dict[str, Record | None] = {rid: decoded.get(rid) for rid in ids}
             else:
-                found = {rid: self.document.record(collection, rid) for rid in ids}
-            repository.write_rows(
-                conn,
-                [(rid, record, invalid_reason(collection, record))
-                 for rid, record in found.items() if record is not None],
-                [rid for rid, record in found.items() if record is None],
-            )
+                found = self.document.records_for(collection, ids)
+            upserts: list[tuple[str, Record, str | None]] = []
+            deletes: list[str] = []
+            parsed: dict[str, BaseGeometry] = {}
+            for rid, record in found.items():
+                if record is None:
+                    deletes.append(rid)
+                    continue
+                found_problems, geom = checked(collection, record)
+                upserts.append((rid, record, _reason(found_problems)))
+                if geom is not None:
+                    parsed[rid] = geom  # validation read the GeoJSON already: no second read
+            repository.write_rows(conn, upserts, deletes, parsed)
 
     def _notify(self, change: MirrorChange | None) -> None:
         if change is None:

@@ -5,9 +5,11 @@ Validation reports problems and never rejects: a merged CRDT update is kept even
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -78,6 +80,24 @@ def problems(collection: str, record: Mapping[str, object]) -> list[Problem]:
     """Every rule the record breaks, in field order; empty when the record is valid."""
     if collection not in COLLECTIONS:
         raise UnknownCollection(collection)
+    if _QUICK[collection](record) is not None:
+        return []
+    return _detailed_problems(collection, record)
+
+
+def checked(collection: str, record: Mapping[str, object]) -> tuple[list[Problem], BaseGeometry | None]:
+    """problems(), plus the record's geometry as shapely read it when the record is valid (None
+    otherwise, or when it has no geometry), so a caller that stores the geometry need not read
+    the GeoJSON a second time."""
+    if collection not in COLLECTIONS:
+        raise UnknownCollection(collection)
+    quick = _QUICK[collection](record)
+    if quick is not None:
+        return [], quick[0]
+    return _detailed_problems(collection, record), None
+
+
+def _detailed_problems(collection: str, record: Mapping[str, object]) -> list[Problem]:
     # The signature promises a Mapping, but records arrive from other replicas, so check anyway.
     if not isinstance(record, Mapping):
         return [Problem(RECORD_FIELD, f"must be an object (got {_type_name(record)})")]
@@ -337,23 +357,34 @@ def _read_geometry(value: object, allowed: tuple[str, ...]) -> tuple[BaseGeometr
     return geom, None
 
 
+_LIST_TYPE = {list}
+_POSITION_LENGTHS = {2, 3}
+_NUMBER_TYPES = {float, int}
+_FLAT = {2}
+_LON_LAT_LIMITS = np.array([180.0, 90.0])
+
+
 def _ring_array(value: object, minimum: int, closed: bool) -> np.ndarray[Any, Any] | None:
     """A ring or line as an (n, 2) float array when it is well-formed and in range, else None."""
-    if not isinstance(value, list) or len(value) < minimum:
+    if type(value) is not list or len(value) < minimum:
         return None
-    for position in value:
-        # numpy would quietly turn booleans and numeric strings into floats; GeoJSON forbids both.
-        if not isinstance(position, list) or not 2 <= len(position) <= 3:
-            return None
-        for number in position:
-            if type(number) is not float and type(number) is not int:
-                return None
-    array = np.asarray(value, dtype=np.float64)[:, :2]
-    if not np.isfinite(array).all():
+    # Type checks in C loops (a polygon has hundreds of positions). numpy would quietly turn
+    # booleans and numeric strings into floats; GeoJSON forbids both.
+    if set(map(type, value)) != _LIST_TYPE:
         return None
-    if np.abs(array[:, 0]).max() > 180 or np.abs(array[:, 1]).max() > 90:
+    lengths = set(map(len, value))
+    if not lengths <= _POSITION_LENGTHS:
         return None
-    if closed and not np.array_equal(array[0], array[-1]):
+    if not set(map(type, itertools.chain.from_iterable(value))) <= _NUMBER_TYPES:
+        return None
+    if lengths == _FLAT:
+        array = np.fromiter(itertools.chain.from_iterable(value), np.float64, 2 * len(value)).reshape(-1, 2)
+    else:
+        array = np.asarray(value, dtype=np.float64)[:, :2]
+    # One comparison checks both ranges, and NaN or infinity fail it too.
+    if not (np.abs(array) <= _LON_LAT_LIMITS).all():
+        return None
+    if closed and not (array[0] == array[-1]).all():
         return None
     return array
 
@@ -370,6 +401,14 @@ def _fast_geometry(kind: str, coordinates: object) -> BaseGeometry | None:
     detailed reader can name the problem. Initial sync validates thousands of polygons at once."""
     geom: BaseGeometry
     try:
+        if kind == "Point":
+            if (type(coordinates) is not list or not 2 <= len(coordinates) <= 3
+                    or not set(map(type, coordinates)) <= _NUMBER_TYPES):
+                return None
+            lon, lat = coordinates[0], coordinates[1]
+            if _lon_lat_reason(lon, lat) is not None:
+                return None
+            return Point(float(lon), float(lat))
         if kind == "LineString":
             line = _ring_array(coordinates, 2, closed=False)
             if line is None or len(line) > MAX_VERTICES:
@@ -391,9 +430,110 @@ def _fast_geometry(kind: str, coordinates: object) -> BaseGeometry | None:
             geom = MultiPolygon([Polygon(p[0], p[1:]) for p in polygons if p is not None])
         else:
             return None
-    except (ValueError, TypeError, shapely.errors.GEOSException):
+    except (ValueError, TypeError, OverflowError, shapely.errors.GEOSException):
         return None
     return geom if geom.is_valid else None
+
+
+# -- the quick path ---------------------------------------------------------------------------
+#
+# Most records are valid, and the detailed checks above spend most of their time building
+# reasons nobody reads. A quick check per field says only "certainly fine" or "look closer";
+# on "look closer" the detailed checks run and name the problem, so a quick check may be
+# stricter than the rules (exact types, say) but never looser.
+
+_QuickCheck = Callable[[Any], bool]
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _always(value: object) -> bool:
+    return True
+
+
+def _quick_check(spec: FieldSpec) -> _QuickCheck:
+    kind = spec.kind
+    if kind == "string":
+        required, max_length = spec.required, spec.max_length
+        return lambda v: (type(v) is str and (not required or bool(v.strip()))
+                          and (max_length is None or len(v) <= max_length))
+    if kind == "enum":
+        choices = frozenset(spec.choices or ())
+        return lambda v: type(v) is str and v in choices
+    if kind == "number":
+        low, high = spec.exclusive_minimum, spec.maximum
+
+        def number(v: Any) -> bool:
+            kind_of = type(v)
+            if kind_of is not int and (kind_of is not float or not math.isfinite(v)):
+                return False
+            return (low is None or v > low) and (high is None or v <= high)
+
+        return number
+    if kind == "bool":
+        return lambda v: type(v) is bool
+    if kind == "email":
+        return lambda v: type(v) is str and _EMAIL.match(v) is not None
+    if kind == "date":
+        return lambda v: type(v) is str and _parses_as_date(v)
+    if kind == "datetime":
+        return lambda v: type(v) is str and _parses_as_datetime(v)
+    if kind == "ref":
+        return lambda v: type(v) is str and bool(v.strip())
+    if kind == "stops":
+        return lambda v: not _stops_reasons(v)
+    if kind == "geometry":
+        return _always  # read once, after the field loop, so the geometry can be handed back
+    raise AssertionError(f"schema kind {kind!r} has no quick check")
+
+
+class _QuickValidator:
+    """For one collection: (geometry or None,) when the record is certainly valid, else None."""
+
+    def __init__(self, collection: str) -> None:
+        specs = FIELDS[collection]
+        self.checks = {name: _quick_check(spec) for name, spec in specs.items()}
+        self.required = tuple(name for name, spec in specs.items() if spec.required)
+        geometry_spec = next((spec for spec in specs.values() if spec.kind == "geometry"), None)
+        self.geometry_field = geometry_spec.name if geometry_spec else None
+        self.geometry_types = (geometry_spec.geometry_types or ()) if geometry_spec else ()
+        self.circles = collection == "geofences"
+
+    def __call__(self, record: object) -> tuple[BaseGeometry | None] | None:
+        if type(record) is not dict:
+            return None
+        checks = self.checks
+        for key, value in record.items():
+            check = checks.get(key)
+            if check is None:
+                if type(key) is not str:
+                    return None
+                if type(value) in _JSON_SCALARS or _json_reason(value) is None:
+                    continue
+                return None
+            if value is not None and not check(value):
+                return None
+        for name in self.required:
+            if record.get(name) is None:
+                return None
+        if self.geometry_field is None:
+            return (None,)
+        value = record.get(self.geometry_field)
+        if value is None:
+            return (None,)
+        if type(value) is not dict:
+            return None
+        kind = value.get("type")
+        if kind not in self.geometry_types or "coordinates" not in value:
+            return None
+        geom = _fast_geometry(kind, value["coordinates"])
+        if geom is None:
+            return None
+        if self.circles and kind == "Point" and record.get("radius_m") is None:
+            return None
+        return (geom,)
+
+
+_QUICK: dict[str, _QuickValidator] = {collection: _QuickValidator(collection) for collection in COLLECTIONS}
 
 
 def _json_reason(value: object) -> str | None:
@@ -424,6 +564,7 @@ def _json_reason(value: object) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=16_384)
 def _parses_as_date(text: str) -> bool:
     try:
         date.fromisoformat(text)
@@ -432,6 +573,7 @@ def _parses_as_date(text: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=16_384)
 def _parses_as_datetime(text: str) -> bool:
     # A bare date also parses as a datetime, but a timestamp without a time is almost always a bug.
     if _parses_as_date(text):

@@ -38,6 +38,17 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
 
 
+def stop_demo(process: subprocess.Popen[str]) -> str:
+    """Ctrl-C, as a person would; everything the demo printed."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    return output
+
+
 def test_make_demo_headless_serves_health_and_the_fleet_reports_positions(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "WEBHOST_DEMO_DIR": str(tmp_path), "PORT": str(port)}
@@ -64,12 +75,7 @@ def test_make_demo_headless_serves_health_and_the_fleet_reports_positions(tmp_pa
         assert {fix["vehicle_id"] for fix in track} == {first}
         assert len({(fix["lon"], fix["lat"]) for fix in track}) >= 2, "the demo vehicle is not moving"
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
+        output = stop_demo(process)
     assert "dispatcher@demo.webhost.example" in output and "/admin" in output
 
 
@@ -102,10 +108,5 @@ def test_make_demo_opens_the_desktop_app_signed_in_as_the_dispatcher(tmp_path: P
 
         wait_for(lambda: synced_vehicles() == demo.VEHICLE_COUNT, 120, "the demo fleet syncing into the desktop app")
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
+        output = stop_demo(process)
     assert "desktop app: signed in as the dispatcher" in output
