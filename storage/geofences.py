@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from storage import geometry
@@ -53,6 +54,22 @@ class GeofenceRepository(Repository[Geofence]):
 
     def geometry_wkb(self, fields: Mapping[str, Any], parsed: BaseGeometry | None = None) -> bytes | None:
         return geometry.to_wkb(geometry.geofence_shape(fields, parsed))
+
+    def geometry_wkbs(self, records: Sequence[Mapping[str, Any]],
+                      parsed: Sequence[BaseGeometry | None]) -> list[bytes | None]:
+        # A polygon already read becomes its one-part multipolygon whatever else the record
+        # says (see geofence_shape), so those convert together; circles and the rest one by one.
+        polygons = [index for index, geom in enumerate(parsed) if type(geom) is Polygon]
+        if len(polygons) < geometry.BULK_MIN:
+            return super().geometry_wkbs(records, parsed)
+        wkbs: list[bytes | None] = [
+            None if type(geom) is Polygon else self.geometry_wkb(fields, geom)
+            for fields, geom in zip(records, parsed, strict=True)
+        ]
+        converted = geometry.polygons_as_multipolygon_wkbs([parsed[index] for index in polygons])  # type: ignore[misc]
+        for index, wkb in zip(polygons, converted, strict=True):
+            wkbs[index] = wkb
+        return wkbs
 
     def containing(self, lon: float, lat: float, *, active_only: bool = True) -> list[Geofence]:
         """Geofences that contain the point: an R*Tree lookup, then an exact test on the few hits."""

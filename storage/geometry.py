@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
@@ -64,3 +65,18 @@ def geofence_shape(fields: Mapping[str, Any], parsed: BaseGeometry | None = None
 
 def to_wkb(geom: BaseGeometry | None) -> bytes | None:
     return None if geom is None else shapely.to_wkb(geom, output_dimension=2)
+
+
+# Below this many geometries, converting one by one is as fast as the array functions.
+BULK_MIN = 16
+
+
+def to_wkbs(geoms: Sequence[BaseGeometry]) -> list[bytes]:
+    """to_wkb for each geometry, converted in one call."""
+    return list(np.asarray(shapely.to_wkb(np.array(geoms, dtype=object), output_dimension=2)).tolist())
+
+
+def polygons_as_multipolygon_wkbs(polygons: Sequence[Polygon]) -> list[bytes]:
+    """to_wkb(as_multipolygon(p)) for each polygon, converted in one call."""
+    multi = shapely.multipolygons(np.array(polygons, dtype=object), indices=np.arange(len(polygons)))
+    return list(np.asarray(shapely.to_wkb(multi, output_dimension=2)).tolist())

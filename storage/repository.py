@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import itertools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import orjson
 from shapely.geometry.base import BaseGeometry
 
-from storage import geometry
+from storage import geometry, spatialite
 
 if TYPE_CHECKING:
     from storage.store import Store
@@ -52,6 +53,18 @@ def _column_value(value: Any, numeric: bool = False) -> Any:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+# Values one statement may bind: SQLite's default limit since 3.32 (insert_rows falls back to one
+# row per statement when the SQLite in use was built with less).
+MAX_VARIABLES = 32_766
+
+# From this many rows on, _rows builds them a column at a time.
+COLUMNWISE_MIN = 16
+
+# What a typed column may hold as it is; any other value goes through _column_value.
+_NUMERIC_TYPES = frozenset({int, float, type(None)})
+_TEXT_TYPES = frozenset({str, type(None)})
+
+
 class Repository(Generic[R]):
     """Rows of one collection of the tenant document, keyed by the CRDT record id.
 
@@ -79,12 +92,17 @@ class Repository(Generic[R]):
             f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES ({', '.join(placeholders)}) "
             f"ON CONFLICT(id) DO UPDATE SET {updates}"
         )
+        # The same upsert for many rows in one statement (see insert_rows).
+        self._upsert_head = f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES "
+        self._upsert_values = f"({', '.join(placeholders)})"
+        self._upsert_tail = f" ON CONFLICT(id) DO UPDATE SET {updates}"
         self._select = f"SELECT id, {', '.join(self.columns)}, data, invalid_reason FROM {self.table}"
         declared = {row[1]: str(row[2]).upper() for row in store.query(f"PRAGMA table_info({self.table})")}
         self._numeric_columns = frozenset(
             c for c in self.columns if any(t in declared.get(c, "") for t in ("INT", "REAL", "FLOA", "DOUB", "NUM"))
         )
         self._column_kinds = tuple((c, c in self._numeric_columns) for c in self.columns)
+        self._has_derived = type(self).derived_columns is not Repository.derived_columns
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -96,6 +114,11 @@ class Repository(Generic[R]):
         """The geometry column's value as WKB. `parsed` is the record's `geometry` already read
         by shapely (by validation, say), or None to read it here: the result is the same."""
         return None
+
+    def geometry_wkbs(self, records: Sequence[Mapping[str, Any]],
+                      parsed: Sequence[BaseGeometry | None]) -> builtins.list[bytes | None]:
+        """geometry_wkb for each record, with the same answers; subclasses convert in bulk."""
+        return [self.geometry_wkb(fields, geom) for fields, geom in zip(records, parsed, strict=True)]
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -188,6 +211,41 @@ class Repository(Generic[R]):
             values.append(wkb)
         return tuple(values)
 
+    def _rows(self, items: Sequence[tuple[str, Mapping[str, Any], str | None]],
+              parsed: Sequence[BaseGeometry | None] | None = None) -> builtins.list[tuple[Any, ...]]:
+        """[_row(...) for each item], built a column at a time when there are many (an initial
+        sync writes thousands): the same rows, with a fraction of the per-value Python work."""
+        if len(items) < COLUMNWISE_MIN:
+            geoms = parsed if parsed is not None else [None] * len(items)
+            return [self._row(record_id, fields, reason, geom)
+                    for (record_id, fields, reason), geom in zip(items, geoms, strict=True)]
+        records = [fields for _, fields, _ in items]
+        columns: builtins.list[builtins.list[Any]] = [[record_id for record_id, _, _ in items]]
+        derived = [self.derived_columns(fields) for fields in records] if self._has_derived else None
+        for column, numeric in self._column_kinds:
+            if derived is not None and any(column in d for d in derived):
+                values = [d[column] if column in d else fields.get(column)
+                          for d, fields in zip(derived, records, strict=True)]
+            else:
+                values = [fields.get(column) for fields in records]
+            # Nearly always every value already has the column's type; else as _column_value says.
+            if not set(map(type, values)) <= (_NUMERIC_TYPES if numeric else _TEXT_TYPES):
+                values = [_column_value(value, numeric) for value in values]
+            columns.append(values)
+        # Sorted keys: two replicas must write byte-identical rows for the same record.
+        dumps, sort_keys = orjson.dumps, orjson.OPT_SORT_KEYS
+        columns.append([dumps(fields if type(fields) is dict else dict(fields), option=sort_keys, default=str).decode()
+                        for fields in records])
+        reasons = [reason for _, _, reason in items]
+        columns.append(reasons)
+        if self.geometry_column:
+            wkbs = self.geometry_wkbs(records, parsed if parsed is not None else [None] * len(records))
+            for index, wkb in enumerate(wkbs):
+                if wkb is None and not reasons[index] and records[index].get("geometry") is not None:
+                    reasons[index] = "geometry: cannot be read as GeoJSON"
+            columns.append(wkbs)
+        return builtins.list(zip(*columns, strict=True))
+
     def upsert(self, record_id: str, fields: Mapping[str, Any], invalid_reason: str | None = None) -> None:
         """Write the record as it is in the document. Invalid records are kept, with the reason."""
         self.upsert_many([(record_id, fields, invalid_reason)])
@@ -197,21 +255,57 @@ class Repository(Generic[R]):
             return self.write_rows(conn, items, ())
 
     def write_rows(self, conn: Any, upserts: Iterable[tuple[str, Mapping[str, Any], str | None]],
-                   deletes: Iterable[str], parsed: Mapping[str, BaseGeometry] | None = None) -> int:
+                   deletes: Iterable[str], parsed: Sequence[BaseGeometry | None] | None = None) -> int:
         """Upsert and delete on a connection already inside a transaction (no savepoints: the
-        mirror writes thousands of records per commit). `parsed` maps record ids to their
-        geometry already read by shapely, which saves reading it again (see geometry_wkb)."""
-        if parsed:
-            rows = [self._row(record_id, fields, reason, parsed.get(record_id))
-                    for record_id, fields, reason in upserts]
-        else:
-            rows = [self._row(record_id, fields, reason) for record_id, fields, reason in upserts]
+        mirror writes thousands of records per commit). `parsed` holds, in the order of
+        `upserts`, each record's geometry already read by shapely (None where it was not),
+        which saves reading it again (see geometry_wkb)."""
+        items = upserts if isinstance(upserts, Sequence) else builtins.list(upserts)
+        rows = self._rows(items, parsed)
         if rows:
             conn.executemany(self._upsert_sql, rows)
         gone = [(record_id,) for record_id in deletes]
         if gone:
             conn.executemany(f"DELETE FROM {self.table} WHERE id = ?", gone)
         return len(rows)
+
+    def build_rows(self, upserts: Sequence[tuple[str, Mapping[str, Any], str | None]],
+                   parsed: Sequence[BaseGeometry | None] | None = None) -> builtins.list[tuple[Any, ...]]:
+        """The rows write_rows would write for upserts, to be written later by insert_rows."""
+        return self._rows(upserts, parsed)
+
+    def insert_rows(self, conn: Any, rows: Sequence[tuple[Any, ...]], deletes: Iterable[str] = ()) -> None:
+        """Write rows from build_rows, a few thousand per statement, and delete ids, on a
+        connection already inside a transaction. The rows end up exactly as write_rows leaves
+        them (the same values bound the same way, in the same order, through the same upsert),
+        but the sqlite3 module releases the GIL for the whole of each statement (executemany
+        takes it back after every row), so another thread can prepare the next rows meanwhile."""
+        self.insert_job(rows, deletes)(conn)
+
+    def insert_job(self, rows: Sequence[tuple[Any, ...]], deletes: Iterable[str] = ()) -> Callable[[Any], None]:
+        """insert_rows as a function of the connection, its statements and parameters prepared
+        here, so that the thread which runs it needs the GIL as little as possible."""
+        per_statement = max(1, MAX_VARIABLES // len(rows[0])) if rows else 1
+        statements = []
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start:start + per_statement]
+            sql = self._upsert_head + ",".join([self._upsert_values] * len(chunk)) + self._upsert_tail
+            statements.append((start, sql, builtins.list(itertools.chain.from_iterable(chunk))))
+        gone = [(record_id,) for record_id in deletes]
+
+        def run(conn: Any) -> None:
+            for start, sql, parameters in statements:
+                try:
+                    conn.execute(sql, parameters)
+                except spatialite.sqlite_module().OperationalError as exc:
+                    if "too many SQL variables" not in str(exc):
+                        raise
+                    conn.executemany(self._upsert_sql, rows[start:])  # an SQLite built with a lower limit
+                    break
+            if gone:
+                conn.executemany(f"DELETE FROM {self.table} WHERE id = ?", gone)
+
+        return run
 
     def delete(self, record_id: str) -> bool:
         with self._store.transaction() as conn:

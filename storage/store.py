@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from storage.sync_log import SyncLog
 from storage.vehicles import VehicleRepository
 
 APP_NAME = "webhost-fleet"
+
+log = logging.getLogger(__name__)
 
 
 def default_store_path(profile: str = "default") -> Path:
@@ -53,6 +56,9 @@ class Store:
         # (SIGKILL loses nothing committed) and only risks the last commits on power loss.
         self._writer.execute("PRAGMA journal_mode = WAL")
         self._writer.execute("PRAGMA synchronous = NORMAL")
+        self._autocheckpoint_pages = int(self._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        self._checkpointer = _Checkpointer(self.path)
+        self._autocheckpoint_off = False
         self._write_lock = threading.RLock()
         self._tx_owner: int | None = None
         self._tx_depth = 0
@@ -73,8 +79,15 @@ class Store:
     # -- connections -------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A write transaction on the single writer connection; nested calls become savepoints."""
+    def transaction(self, *, bulk: bool = False) -> Iterator[Any]:
+        """A write transaction on the single writer connection; nested calls become savepoints.
+
+        bulk: a large write (an initial sync: ~20 MB of WAL). Its commit does not also copy the
+        WAL into the database file, as SQLite's auto-checkpoint would right there (a tenth of an
+        initial sync); a background thread does that copy on its own connection (a PASSIVE
+        checkpoint) straight after. The transaction, its atomicity and the synchronous setting
+        are exactly those of any other: only who copies the WAL afterwards changes.
+        """
         with self._write_lock:
             if self._closed:
                 raise StoreClosed(f"store {self.path} is closed")
@@ -93,16 +106,26 @@ class Store:
                 finally:
                     self._tx_depth -= 1
                 return
+            if self._autocheckpoint_off and not bulk and self._checkpointer.idle():
+                # The background copy is done: back to SQLite's own checkpoints at commit.
+                self._writer.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages}")
+                self._autocheckpoint_off = False
             self._writer.execute("BEGIN IMMEDIATE")
             self._tx_depth = 1
             self._tx_owner = threading.get_ident()
             try:
                 yield self._writer
+                if bulk and not self._autocheckpoint_off:
+                    # Until the background checkpoint has run, small commits leave the WAL alone too.
+                    self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+                    self._autocheckpoint_off = True
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
             else:
                 self._writer.execute("COMMIT")
+                if bulk:
+                    self._checkpointer.request()
             finally:
                 self._tx_depth = 0
                 self._tx_owner = None
@@ -141,6 +164,7 @@ class Store:
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
+        self._checkpointer.stop()
         with self._write_lock:
             self._writer.close()
 
@@ -149,6 +173,68 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file on its own thread and connection, on request.
+
+    A PASSIVE checkpoint runs beside readers and the writer (SQLite serialises checkpoints
+    itself); whatever it cannot copy yet, a later checkpoint does. Killing the process in the
+    middle is as safe as for any checkpoint: the WAL still holds every committed frame.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._changed = threading.Condition()
+        self._requested = 0  # checkpoints asked for, and finished (a request during one asks again)
+        self._finished = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def idle(self) -> bool:
+        with self._changed:
+            return self._finished == self._requested
+
+    def request(self) -> None:
+        with self._changed:
+            if self._stopping:
+                return
+            self._requested += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"checkpoint {self._path.name}",
+                                                daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        """Finish the checkpoint asked for last, then end the thread."""
+        with self._changed:
+            self._stopping = True
+            thread = self._thread
+            self._changed.notify_all()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        conn = spatialite.sqlite_module().connect(str(self._path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA synchronous = NORMAL")  # as the writer (whose setting decides the syncs)
+            while True:
+                with self._changed:
+                    while self._finished == self._requested and not self._stopping:
+                        self._changed.wait()
+                    if self._finished == self._requested:
+                        return  # stopping, and nothing left to copy
+                    target = self._requested
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception:  # a later checkpoint (the writer's own, at the latest) copies it
+                    log.exception("background WAL checkpoint of %s failed", self._path)
+                with self._changed:
+                    self._finished = target
+        finally:
+            conn.close()
 
 
 class StoreClosed(RuntimeError):

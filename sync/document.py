@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from pycrdt import Doc, Map, TransactionEvent
+from pycrdt._pycrdt import Map as RawMap
 from pycrdt._pycrdt import MapEvent as RawMapEvent
 
 from sync.schema import COLLECTIONS, META, SCHEMA_VERSION
@@ -21,6 +22,8 @@ EMPTY_UPDATE = b"\x00\x00"
 BULK_UPDATE_BYTES = 1_000_000
 
 Record = dict[str, Any]
+
+_RAW_MAP = {RawMap}
 
 
 class UnknownCollection(KeyError):
@@ -136,8 +139,20 @@ class FleetDocument:
 
     def records(self, collection: str) -> dict[str, Record]:
         """Every record of a collection, decoded in one pass."""
-        decoded = orjson.loads(str(self.collection(collection)))
-        return {rid: value for rid, value in decoded.items() if isinstance(value, dict)}
+        ymap = self.collection(collection)
+        with self.doc.transaction() as txn:
+            # When every record is a nested map (always, unless a client wrote one as a plain
+            # JSON value), yrs serialises each one and orjson reads them all in one go: a fifth
+            # faster than yrs serialising the whole collection, which first builds one tree of
+            # every record. The JSON of each record is the same either way.
+            raw, raw_txn = ymap.integrated, txn._txn
+            keys = raw.keys(raw_txn)
+            values = [raw.get(raw_txn, key) for key in keys]
+            if set(map(type, values)) <= _RAW_MAP:
+                decoded = orjson.loads("[" + ",".join([value.to_json(raw_txn) for value in values]) + "]")
+                return dict(zip(keys, decoded, strict=True))
+        whole = orjson.loads(str(ymap))
+        return {rid: value for rid, value in whole.items() if isinstance(value, dict)}
 
     def size(self, collection: str) -> int:
         """How many records a collection holds; yrs counts them one by one, so not for hot paths."""
@@ -220,12 +235,17 @@ class FleetDocument:
             self.doc.apply_update(update)
             return
         # pycrdt builds a Python event per nested change; for a bulk update (an initial sync)
-        # that costs more than applying it, so mark every record touched instead.
+        # that costs more than applying it, so mark every record touched instead. The
+        # transaction observer goes too: its event re-encodes everything the update added
+        # (a third of the cost of applying it), so the raw update stands in for that delta.
         self._unobserve_records()
+        self.doc.unobserve(self._subscriptions.pop())
         try:
             self.doc.apply_update(update)
         finally:
+            self._subscriptions.append(self.doc.observe(self._on_transaction))
             self._observe_records()
+        self._changes.updates.append(update)
         for name in self.maps:
             self._changes.touched[name].update(self.ids(name))
             self._changes.everything.add(name)

@@ -3,21 +3,24 @@ the same SQLite transaction as the tables, so a crash can never leave the two ap
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pycrdt import Decoder, Doc, merge_updates
 from shapely.geometry.base import BaseGeometry
 
 from storage import Store
+from storage.bulk import StatementQueue, statement_queue
 from storage.repository import Repository
 from sync.document import Changes, FleetDocument, Record
 from sync.schema import COLLECTIONS
-from sync.validation import Problem, checked, problems
+from sync.validation import Problem, checked_many, problems
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,32 @@ log = logging.getLogger(__name__)
 # 10k vehicles), so decoding everything to read a tenth of it would cost 8x more.
 BULK_DECODE_SHARE = 0.75
 BULK_DECODE_MIN = 100
+# Records per slice handed to the bulk writer's worker (about one SQLite statement each).
+BULK_WRITE_SLICE = 2_000
+BULK_ORDER = ("vehicles", "geofences", "routes", "drivers")
+
+
+# A write touching at least this many records runs with the cyclic garbage collector paused.
+# Decoding, validating and writing them allocates hundreds of thousands of lists and dicts that
+# stay alive until the commit, and the collections those allocations set off walk all of them
+# again and again (a third of the decode time of an initial sync), to find no cycles: the
+# records are freed by reference counting once the write is done.
+GC_PAUSE_RECORDS = 1_000
+
+
+@contextmanager
+def _collector_paused(pause: bool) -> Iterator[None]:
+    """Pause automatic garbage collection for the block, unless it is already off: the desktop
+    app switches it off for good and collects on the UI thread (app/collector.py), and this
+    must never switch it back on there."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,16 @@ def doc_from_updates(updates: list[bytes]) -> FleetDocument:
         document.apply_update(update)
     document.take_changes()
     return document
+
+
+def _checked_upserts(collection: str, present: list[tuple[str, Record]],
+                     ) -> tuple[list[tuple[str, Record, str | None]], list[BaseGeometry | None]]:
+    """The upserts for the records (id, record, invalid reason) and each one's geometry as
+    validation read it, which the rows reuse instead of reading the GeoJSON again."""
+    verdicts = checked_many(collection, [record for _, record in present])
+    upserts = [(rid, record, _reason(found_problems) if found_problems else None)
+               for (rid, record), (found_problems, _) in zip(present, verdicts, strict=True)]
+    return upserts, [geom for _, geom in verdicts]
 
 
 class Mirror:
@@ -150,7 +189,8 @@ class Mirror:
             return None
         local_updates: list[tuple[int, bytes]] = []
         try:
-            self._write_log_and_tables(changes, origin, raw_updates, local_updates)
+            with _collector_paused(bool(changes.everything) or changes.record_count() >= GC_PAUSE_RECORDS):
+                self._write_log_and_tables(changes, origin, raw_updates, local_updates)
         except BaseException:
             # The document already holds the change but the log does not: go back to what the
             # log says, so memory never runs ahead of disk (a remote change is simply re-sent
@@ -169,7 +209,21 @@ class Mirror:
 
     def _write_log_and_tables(self, changes: Changes, origin: str, raw_updates: list[bytes] | None,
                               local_updates: list[tuple[int, bytes]]) -> None:
-        with self.store.transaction() as conn:
+        bulk = bool(changes.everything) and raw_updates is not None
+        # A bulk update (an initial sync) leaves copying its ~20 MB of WAL into the database to
+        # the store's background checkpoint; log and tables still commit in this one transaction.
+        with self.store.transaction(bulk=bulk) as conn:
+            if bulk:
+                assert raw_updates is not None
+                # Its statements run on a worker thread, a few thousand rows each (SQLite works
+                # without the GIL meanwhile), while this thread decodes and validates the next
+                # collection. The worker owns the connection until the queue is done: what this
+                # thread needs from the tables is read first.
+                stored = {name: self._repositories[name].ids() for name in changes.everything}
+                with statement_queue(conn) as jobs:
+                    jobs.submit(partial(self.store.sync_log.write_many, payloads=raw_updates, origin=origin))
+                    self._write_records(conn, changes.touched, changes.everything, jobs, stored)
+                return
             if raw_updates is not None:
                 self.store.sync_log.write_many(conn, raw_updates, origin)
             else:
@@ -177,33 +231,40 @@ class Mirror:
                     local_updates.append((self.store.sync_log.write(conn, update, origin), update))
             self._write_records(conn, changes.touched, changes.everything)
 
-    def _write_records(self, conn: Any, touched: dict[str, set[str]], everything: set[str]) -> None:
-        for collection, ids in touched.items():
+    def _write_records(self, conn: Any, touched: dict[str, set[str]], everything: set[str],
+                       jobs: StatementQueue | None = None, stored: dict[str, set[str]] | None = None) -> None:
+        # In bulk, the collection written last leaves the worker a tail with nothing to overlap
+        # it: the one with the least SQLite work goes last.
+        order = BULK_ORDER if jobs is not None else COLLECTIONS
+        for collection in sorted(touched, key=lambda name: order.index(name) if name in order else len(order)):
+            ids = touched[collection]
             if not ids:
                 continue
             repository = self._repositories[collection]
             if collection in everything:
-                ids = ids | repository.ids()  # rows the document no longer has are deleted below
+                # rows the document no longer has are deleted below
+                ids = ids | (stored[collection] if stored is not None else repository.ids())
             # (size() walks the whole map, so it is asked only when a bulk decode could pay off.)
             if collection in everything or (
                 len(ids) > BULK_DECODE_MIN and len(ids) >= BULK_DECODE_SHARE * self.document.size(collection)
             ):
                 decoded = self.document.records(collection)
-                found: dict[str, Record | None] = {rid: decoded.get(rid) for rid in ids}
+                present = [(rid, record) for rid, record in decoded.items() if rid in ids]
+                deletes = [rid for rid in ids if rid not in decoded]
             else:
                 found = self.document.records_for(collection, ids)
-            upserts: list[tuple[str, Record, str | None]] = []
-            deletes: list[str] = []
-            parsed: dict[str, BaseGeometry] = {}
-            for rid, record in found.items():
-                if record is None:
-                    deletes.append(rid)
-                    continue
-                found_problems, geom = checked(collection, record)
-                upserts.append((rid, record, _reason(found_problems)))
-                if geom is not None:
-                    parsed[rid] = geom  # validation read the GeoJSON already: no second read
-            repository.write_rows(conn, upserts, deletes, parsed)
+                present = [(rid, record) for rid, record in found.items() if record is not None]
+                deletes = [rid for rid, record in found.items() if record is None]
+            if jobs is None:
+                upserts, geoms = _checked_upserts(collection, present)
+                repository.write_rows(conn, upserts, deletes, geoms)
+                continue
+            # In slices, so that the worker starts writing the first while this thread validates
+            # the next (the first collection would otherwise leave it idle for its whole length).
+            for start in range(0, len(present), BULK_WRITE_SLICE):
+                upserts, geoms = _checked_upserts(collection, present[start:start + BULK_WRITE_SLICE])
+                jobs.submit(repository.insert_job(repository.build_rows(upserts, geoms)))
+            jobs.submit(repository.insert_job((), deletes))
 
     def _notify(self, change: MirrorChange | None) -> None:
         if change is None:

@@ -97,6 +97,34 @@ def checked(collection: str, record: Mapping[str, object]) -> tuple[list[Problem
     return _detailed_problems(collection, record), None
 
 
+def checked_many(
+    collection: str, records: Sequence[Mapping[str, object]]
+) -> list[tuple[list[Problem], BaseGeometry | None]]:
+    """checked() for each record, with the same answers. The geometries of the records that pass
+    the quick field checks are read together with shapely's array functions: an initial sync
+    reads a thousand polygons of a hundred vertices, and one at a time that costs more than
+    applying the whole update."""
+    if len(records) < BULK_GEOMETRY_MIN:
+        return [checked(collection, record) for record in records]
+    if collection not in COLLECTIONS:
+        raise UnknownCollection(collection)
+    quick = _QUICK[collection]
+    prechecked = [quick.precheck(record) for record in records]
+    pending = [index for index, found in enumerate(prechecked) if type(found) is tuple]
+    read = dict(zip(pending, _fast_geometries([prechecked[i] for i in pending]), strict=True))  # type: ignore[misc]
+    results: list[tuple[list[Problem], BaseGeometry | None]] = []
+    for index, (record, found) in enumerate(zip(records, prechecked, strict=True)):
+        if found is True:
+            results.append(([], None))
+            continue
+        geom = read.get(index)
+        if geom is not None:
+            results.append(([], geom))
+        else:
+            results.append((_detailed_problems(collection, record), None))
+    return results
+
+
 def _detailed_problems(collection: str, record: Mapping[str, object]) -> list[Problem]:
     # The signature promises a Mapping, but records arrive from other replicas, so check anyway.
     if not isinstance(record, Mapping):
@@ -435,6 +463,132 @@ def _fast_geometry(kind: str, coordinates: object) -> BaseGeometry | None:
     return geom if geom.is_valid else None
 
 
+# Below this many geometries of one type, numpy's fixed costs outweigh what the bulk read saves.
+BULK_GEOMETRY_MIN = 16
+
+
+def _fast_geometries(items: Sequence[tuple[str, object]]) -> list[BaseGeometry | None]:
+    """_fast_geometry(kind, coordinates) for each item, with the same answers; polygons and lines
+    are checked and built together. A batch whose structure the bulk checks cannot vouch for
+    (3D positions, say) is read one geometry at a time."""
+    result: list[BaseGeometry | None] = [None] * len(items)
+    by_kind: dict[str, list[int]] = {}
+    for index, (kind, _) in enumerate(items):
+        by_kind.setdefault(kind, []).append(index)
+    for kind, indices in by_kind.items():
+        coordinates = [items[index][1] for index in indices]
+        bulk = _BULK_READERS.get(kind)
+        geoms = bulk(coordinates) if bulk is not None and len(indices) >= BULK_GEOMETRY_MIN else None
+        if geoms is None:
+            geoms = [_fast_geometry(kind, value) for value in coordinates]
+        for index, geom in zip(indices, geoms, strict=True):
+            result[index] = geom
+    return result
+
+
+def _flat_positions(rings: list[Any]) -> np.ndarray[Any, Any] | None:
+    """All positions of the given lists of positions as one (n, 2) array, or None unless every
+    position is a list of exactly two numbers (the checks _ring_array makes, for all at once)."""
+    positions = list(itertools.chain.from_iterable(rings))
+    if set(map(type, positions)) != _LIST_TYPE or set(map(len, positions)) != _FLAT:
+        return None
+    if not set(map(type, itertools.chain.from_iterable(positions))) <= _NUMBER_TYPES:
+        return None
+    return np.fromiter(itertools.chain.from_iterable(positions), np.float64, 2 * len(positions)).reshape(-1, 2)
+
+
+def _offsets(lengths: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def _lengths(values: list[Any]) -> np.ndarray[Any, Any] | None:
+    """len() of each value, which must all be non-empty lists (else None)."""
+    if set(map(type, values)) != _LIST_TYPE:
+        return None
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    return lengths if lengths.min() > 0 else None
+
+
+def _bulk_polygons(coordinates: list[object]) -> list[BaseGeometry | None] | None:
+    """_fast_geometry("Polygon", c) for each c, or None to have them read one by one."""
+    try:
+        rings_per_polygon = _lengths(coordinates)
+        if rings_per_polygon is None:
+            return None
+        rings: list[Any] = list(itertools.chain.from_iterable(coordinates))  # type: ignore[arg-type]
+        ring_lengths = _lengths(rings)
+        if ring_lengths is None:
+            return None
+        array = _flat_positions(rings)
+    except OverflowError:  # an integer beyond float range
+        return None
+    if array is None:
+        return None
+    ring_offsets = _offsets(ring_lengths)
+    polygon_offsets = _offsets(rings_per_polygon)
+    in_range = (np.abs(array) <= _LON_LAT_LIMITS).all(axis=1)  # NaN and infinity fail too
+    closed = (array[ring_offsets[:-1]] == array[ring_offsets[1:] - 1]).all(axis=1)
+    ring_ok = np.logical_and.reduceat(in_range, ring_offsets[:-1]) & closed & (ring_lengths >= 4)
+    polygon_ok = np.logical_and.reduceat(ring_ok, polygon_offsets[:-1])
+    polygon_ok &= np.add.reduceat(ring_lengths, polygon_offsets[:-1]) <= MAX_VERTICES
+    good = np.flatnonzero(polygon_ok)
+    if len(good) < len(coordinates):  # build only the polygons that passed
+        ring_mask = np.repeat(polygon_ok, rings_per_polygon)
+        array = array[np.repeat(ring_mask, ring_lengths)]
+        ring_offsets = _offsets(ring_lengths[ring_mask])
+        polygon_offsets = _offsets(rings_per_polygon[polygon_ok])
+    result: list[BaseGeometry | None] = [None] * len(coordinates)
+    if not len(good):
+        return result
+    try:
+        polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, array, (ring_offsets, polygon_offsets))
+        valid = shapely.is_valid(polygons)
+    except (ValueError, TypeError, shapely.errors.GEOSException):
+        return None
+    for index, polygon, is_valid in zip(good.tolist(), polygons, valid.tolist(), strict=True):
+        if is_valid:
+            result[index] = polygon
+    return result
+
+
+def _bulk_lines(coordinates: list[object]) -> list[BaseGeometry | None] | None:
+    """_fast_geometry("LineString", c) for each c, or None to have them read one by one."""
+    try:
+        lengths = _lengths(coordinates)
+        if lengths is None:
+            return None
+        array = _flat_positions(coordinates)
+    except OverflowError:
+        return None
+    if array is None:
+        return None
+    offsets = _offsets(lengths)
+    in_range = (np.abs(array) <= _LON_LAT_LIMITS).all(axis=1)
+    line_ok = np.logical_and.reduceat(in_range, offsets[:-1]) & (lengths >= 2) & (lengths <= MAX_VERTICES)
+    good = np.flatnonzero(line_ok)
+    if len(good) < len(coordinates):
+        array = array[np.repeat(line_ok, lengths)]
+        offsets = _offsets(lengths[line_ok])
+    result: list[BaseGeometry | None] = [None] * len(coordinates)
+    if not len(good):
+        return result
+    try:
+        lines = shapely.from_ragged_array(shapely.GeometryType.LINESTRING, array, (offsets,))
+    except (ValueError, TypeError, shapely.errors.GEOSException):
+        return None
+    for index, line in zip(good.tolist(), lines, strict=True):
+        result[index] = line
+    return result
+
+
+_BULK_READERS: dict[str, Callable[[list[object]], list[BaseGeometry | None] | None]] = {
+    "Polygon": _bulk_polygons,
+    "LineString": _bulk_lines,
+}
+
+
 # -- the quick path ---------------------------------------------------------------------------
 #
 # Most records are valid, and the detailed checks above spend most of their time building
@@ -499,38 +653,46 @@ class _QuickValidator:
         self.circles = collection == "geofences"
 
     def __call__(self, record: object) -> tuple[BaseGeometry | None] | None:
-        if type(record) is not dict:
+        found = self.precheck(record)
+        if found is False:
             return None
+        if found is True:
+            return (None,)
+        geom = _fast_geometry(*found)
+        return None if geom is None else (geom,)
+
+    def precheck(self, record: object) -> tuple[str, object] | bool:
+        """Everything but reading the geometry: False to look closer, True when the record is
+        certainly valid and has no geometry, else (GeoJSON type, coordinates) still to be read."""
+        if type(record) is not dict:
+            return False
         checks = self.checks
         for key, value in record.items():
             check = checks.get(key)
             if check is None:
                 if type(key) is not str:
-                    return None
+                    return False
                 if type(value) in _JSON_SCALARS or _json_reason(value) is None:
                     continue
-                return None
+                return False
             if value is not None and not check(value):
-                return None
+                return False
         for name in self.required:
             if record.get(name) is None:
-                return None
+                return False
         if self.geometry_field is None:
-            return (None,)
+            return True
         value = record.get(self.geometry_field)
         if value is None:
-            return (None,)
+            return True
         if type(value) is not dict:
-            return None
+            return False
         kind = value.get("type")
         if kind not in self.geometry_types or "coordinates" not in value:
-            return None
-        geom = _fast_geometry(kind, value["coordinates"])
-        if geom is None:
-            return None
+            return False
         if self.circles and kind == "Point" and record.get("radius_m") is None:
-            return None
-        return (geom,)
+            return False
+        return kind, value["coordinates"]
 
 
 _QUICK: dict[str, _QuickValidator] = {collection: _QuickValidator(collection) for collection in COLLECTIONS}
