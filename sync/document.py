@@ -19,6 +19,7 @@ from pycrdt._pycrdt import MapEvent as RawMapEvent
 from sync.schema import COLLECTIONS, META, SCHEMA_VERSION
 
 EMPTY_UPDATE = b"\x00\x00"
+EMPTY_STATE_VECTOR = b"\x00"  # what a client with no data sends in sync step 1
 BULK_UPDATE_BYTES = 1_000_000
 
 Record = dict[str, Any]
@@ -71,6 +72,10 @@ class FleetDocument:
         self.maps: dict[str, Map[Any]] = {name: self.doc.get(name, type=Map) for name in COLLECTIONS}
         self.meta: Map[Any] = self.doc.get(META, type=Map)
         self._changes = Changes()
+        # Bumped by every transaction that changed something (a delete too, which leaves the
+        # state vector as it was): what a cache of encoded state is keyed on.
+        self.revision = 0
+        self._full_update: tuple[int, bytes] | None = None
         self._device_owners: dict[str, str] | None = None  # device_id -> vehicle id, built lazily
         self._device_of: dict[str, str] = {}  # vehicle id -> device_id, the same index reversed
         self._subscriptions = [self.doc.observe(self._on_transaction)]
@@ -93,6 +98,7 @@ class FleetDocument:
     def _on_transaction(self, event: TransactionEvent) -> None:
         update = event.update
         if update != EMPTY_UPDATE:
+            self.revision += 1
             self._changes.updates.append(update)
 
     def _observer_for(self, collection: str) -> Any:
@@ -245,6 +251,7 @@ class FleetDocument:
         finally:
             self._subscriptions.append(self.doc.observe(self._on_transaction))
             self._observe_records()
+        self.revision += 1
         self._changes.updates.append(update)
         for name in self.maps:
             self._changes.touched[name].update(self.ids(name))
@@ -252,6 +259,13 @@ class FleetDocument:
 
     def get_update(self, state: bytes | None = None) -> bytes:
         return self.doc.get_update(state)
+
+    def full_update(self) -> bytes:
+        """The whole document as one update, what a new empty client asks for; encoded once per
+        revision (about 20 ms for a 7.7 MB tenant), not once per client of a reconnect storm."""
+        if self._full_update is None or self._full_update[0] != self.revision:
+            self._full_update = (self.revision, self.doc.get_update())
+        return self._full_update[1]
 
     def get_state(self) -> bytes:
         return self.doc.get_state()

@@ -20,7 +20,7 @@ from pycrdt import merge_updates
 
 from sync import protocol
 from sync.channel import Channel, ChannelClosed
-from sync.document import EMPTY_UPDATE, Changes, FleetDocument
+from sync.document import EMPTY_STATE_VECTOR, EMPTY_UPDATE, Changes, FleetDocument
 from sync.protocol import MessageKind, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,10 @@ class Room:
             return
         if message.kind == MessageKind.SYNC_STEP1:
             try:
-                update = self.document.get_update(message.payload)
+                if message.payload == EMPTY_STATE_VECTOR:  # a new client: the shared full state
+                    update = self.document.full_update()
+                else:
+                    update = self.document.get_update(message.payload)
             except Exception:
                 connection.close_soon(CLOSE_INVALID, "state vector does not decode")
                 return

@@ -304,3 +304,37 @@ def test_a_read_only_connection_is_told_once_and_its_writes_are_never_merged() -
             assert [u.user_id for u in persistence.rooms["tenant"]] == ["dispatcher"]
 
     run(body())
+
+
+def test_new_clients_share_one_encoded_full_state_that_follows_every_change() -> None:
+    """The full state a new client gets is encoded once and reused, and never served stale: a
+    delete leaves the state vector unchanged, so the cache must notice it anyway."""
+
+    async def body() -> None:
+        async with Room("tenant", MemoryPersistence()) as room:
+            writer = await join(room, user="writer")
+            await writer.handshake()
+            for i in range(3):
+                await writer.write(f"v{i}", {"name": f"Van {i}"})
+            await writer.until_acked(4)
+
+            first, second = await join(room), await join(room)
+            await first.handshake()
+            await second.handshake()
+            assert vehicle_ids(first.document) == vehicle_ids(second.document) == {"v0", "v1", "v2"}
+            assert updates_in(first.frames)[-1] == updates_in(second.frames)[-1]
+            assert room.document.full_update() is room.document.full_update()  # encoded once
+
+            state_before = room.document.get_state()
+            with writer.document.transaction():
+                writer.document.delete_record("vehicles", "v1")
+            await writer.channel.send(protocol.update_message(writer.document.get_update()))
+            await writer.until_acked(5)
+            assert room.document.get_state() == state_before  # a delete adds no items
+
+            late = await join(room)
+            await late.handshake()
+            assert vehicle_ids(late.document) == {"v0", "v2"}
+            assert late.document.snapshot() == room.document.snapshot()
+
+    run(body())
