@@ -85,8 +85,11 @@ class Op(QObject, Generic[T]):
 
 
 def _widget_gone(exc: RuntimeError) -> bool:
-    """A callback reached a widget that was closed and deleted while the work ran."""
-    return "already deleted" in str(exc)
+    """A callback reached a widget (or emitted a signal of an object) that was closed and deleted
+    while the work ran. PySide words it two ways: "Internal C++ object (…) already deleted" for a
+    call, "Signal source has been deleted" for an emit."""
+    text = str(exc)
+    return "already deleted" in text or "has been deleted" in text
 
 
 class Ops(QObject):
