@@ -21,6 +21,7 @@ class FleetStatus(QObject):
         self.ctx = ctx
         self.has_server = has_server
         self.status: SyncStatus | None = None
+        self._status_seen = 0  # sync statuses received so far: tells a count read before one apart
         self.state = QLabel()
         self.pending = QLabel()
         self.fixes = QLabel()
@@ -43,6 +44,7 @@ class FleetStatus(QObject):
 
     def set_sync_status(self, status: SyncStatus) -> None:
         self.status = status
+        self._status_seen += 1
         self.state.setText(f"{describe_state(status, has_server=self.has_server)} — {status.describe()}")
         if status.pending is not None:
             self.pending.setText(f"Pending changes: {status.pending}")
@@ -57,17 +59,22 @@ class FleetStatus(QObject):
         if self._loading:
             return
         self._loading = True
-        store = self.ctx.store
+        store, started_at = self.ctx.store, self._status_seen
 
         def load() -> tuple[int, OutboxCounts]:
             return store.sync_log.pending_count(), store.positions.counts()
 
-        self.ctx.ops.read(load, self._counts, lambda _e: setattr(self, "_loading", False))
+        self.ctx.ops.read(load, lambda result: self._counts(result, started_at),
+                          lambda _e: setattr(self, "_loading", False))
 
-    def _counts(self, result: tuple[int, OutboxCounts]) -> None:
+    def _counts(self, result: tuple[int, OutboxCounts], started_at: int) -> None:
         self._loading = False
         pending, outbox = result
-        if self.status is None or self.status.pending is not None:
+        if started_at != self._status_seen:
+            # The sync client reported (an ack, say) while this count was read: the count may be
+            # older than what the label shows now, so read again rather than step back.
+            self.refresh_counts()
+        elif self.status is None or self.status.pending is not None:
             self.pending.setText(f"Pending changes: {pending}")
         else:
             self.pending.setText("Pending changes: unknown")
