@@ -23,7 +23,9 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import keyring  # noqa: E402
 import pytest  # noqa: E402
+from keyring.backend import KeyringBackend  # noqa: E402
 from pytestqt.qtbot import QtBot  # noqa: E402
 
 from app.context import FleetContext  # noqa: E402
@@ -99,3 +101,31 @@ def ready_map(qtbot: QtBot, qapp: Any) -> Iterator[MapView]:
         with qtbot.waitSignal(view.ready, timeout=MAP_TIMEOUT_MS):
             pass
     yield view
+
+
+class MemoryKeyring(KeyringBackend):
+    """A secure keyring held in memory: what a desktop with a working Secret Service offers."""
+
+    priority = 5  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.values.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.values[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.values.pop((service, username), None)
+
+
+@pytest.fixture
+def memory_keyring() -> Iterator[MemoryKeyring]:
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import keyring
 import pytest
 from pytestqt.qtbot import QtBot
 
@@ -20,7 +18,7 @@ from app.main import build_parser
 from app.profiles import ProfileSettings
 from server_stub.testing import PASSWORD, LiveServer, provision_tenant, settings_for
 
-from .test_accounts import MemoryKeyring
+from .conftest import MemoryKeyring
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,13 +65,6 @@ def test_field_mode_opens_read_only(qtbot: QtBot, tmp_path: Path) -> None:
     window.ctx.close()
 
 
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def test_a_remembered_sign_in_starts_syncing_without_asking(qtbot: QtBot, tmp_path: Path,
