@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 test pytest bundle: export QT_QPA_PLATFORM ?= offscreen
 export QTWEBENGINE_DISABLE_SANDBOX ?= 1
 
-.PHONY: setup test lint typecheck pytest demo bench bundle clean
+.PHONY: setup test lint typecheck pytest demo bench bundle lock upgrade clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -22,13 +22,16 @@ typecheck: setup
 pytest: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Line and branch coverage of the whole suite; the floor in pyproject.toml ([tool.coverage.report]
+# fail_under) only ever rises (docs/coverage.md).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
+# The demo server runs with WEBHOST_ENV=development (a generated secret, no WEBHOST_SECRET_KEY needed).
 demo: setup
-	$(PY) -m scripts.demo $(if $(HEADLESS),--headless,)
+	WEBHOST_ENV=development $(PY) -m scripts.demo $(if $(HEADLESS),--headless,)
 
 # One-folder desktop bundle in dist/webhost-desktop/ (run dist/webhost-desktop/webhost-desktop).
 bundle: setup
@@ -37,6 +40,14 @@ bundle: setup
 
 bench: setup
 	$(PY) -m bench.storage_bench
+
+# Refresh uv.lock and requirements/*.txt after changing dependencies in pyproject.toml;
+# `make upgrade` moves every pin to its newest allowed release (docs/dependencies.md).
+lock:
+	bash scripts/lock.sh
+
+upgrade:
+	bash scripts/lock.sh --upgrade
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

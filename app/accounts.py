@@ -2,7 +2,9 @@
 and the TokenSource the sync client, uploader and live feed share.
 
 When no secure keyring backend exists (keyring's fail or null backends, or only plain-text ones),
-nothing is stored: the app says so and asks for the password at every start.
+no token is stored: the app says so and asks for the password at every start. When the server
+cannot be reached, the login dialog can open a profile offline with its verifier
+(app/offline_sign_in.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import base64
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,18 +31,41 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.offline_sign_in import (
+    OfflineProfile,
+    OfflineSignInFailed,
+    forget_if_matches,
+    make_verifier,
+    open_offline,
+)
 from app.ops import Ops
 
 log = logging.getLogger(__name__)
 
 KEYRING_SERVICE = "webhost-fleet"
 TOKEN_PATH = "/api/v1/auth/token"
-NO_KEYRING_TEXT = ("No secure password store (keyring) is available on this system, so nothing is saved: "
-                   "you will be asked for your password at every start.")
+NO_KEYRING_TEXT = ("No secure password store (keyring) is available on this system, so your sign-in is not "
+                   "saved: you will be asked for your password at every start.")
+UNAVAILABLE_STATUSES = (502, 503, 504)  # a proxy answering for a server that is down
+
+OfflineCandidates = Callable[[str, str], list[Path]]  # (server, email) -> profiles that may open offline
 
 
 class SignInFailed(Exception):
     """The server refused the sign-in, or could not be reached; the message says which."""
+
+
+class ServerUnreachable(SignInFailed):
+    """No answer from the server (network down, server stopped, proxy says it is unavailable)."""
+
+    def __init__(self, server_url: str, cause: str) -> None:
+        super().__init__(f"cannot reach {server_url}: {cause}")
+        self.server_url = server_url
+        self.cause = cause
+
+
+class SignInRefused(SignInFailed):
+    """The server answered: this email and password are not accepted (or the account is disabled)."""
 
 
 @dataclass(frozen=True)
@@ -152,10 +179,12 @@ def _post_token(server_url: str, body: dict[str, Any], transport: httpx.BaseTran
         with httpx.Client(base_url=server_url.rstrip("/"), timeout=15, transport=transport) as http:
             response = http.post(TOKEN_PATH, json=body)
     except httpx.HTTPError as exc:
-        raise SignInFailed(f"cannot reach {server_url}: {exc}") from exc
+        raise ServerUnreachable(server_url, str(exc) or type(exc).__name__) from exc
     if response.status_code in (401, 403):
         detail = _error_detail(response)
-        raise SignInFailed(detail or "email or password not accepted")
+        raise SignInRefused(detail or "email or password not accepted")
+    if response.status_code in UNAVAILABLE_STATUSES:
+        raise ServerUnreachable(server_url, f"it answered HTTP {response.status_code}")
     if response.status_code == 429:
         raise SignInFailed("too many attempts; wait a few minutes and try again")
     if response.status_code >= 400:
@@ -174,6 +203,39 @@ def _error_detail(response: httpx.Response) -> str:
 def sign_in(server_url: str, email: str, password: str, *,
             transport: httpx.BaseTransport | None = None) -> Credentials:
     return _post_token(server_url, {"email": email, "password": password}, transport)
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    credentials: Credentials
+    verifier: str | None = None  # online: a fresh verifier of the password, for the profile
+    offline: OfflineProfile | None = None  # offline: the profile the password opened
+
+
+def sign_in_or_open_offline(server_url: str, email: str, password: str, *,
+                            profiles: OfflineCandidates | None = None, allow_offline: bool = False,
+                            transport: httpx.BaseTransport | None = None) -> SignInResult:
+    """Sign in online and make a new verifier of the password. When the server cannot be reached
+    (and allow_offline), open the profile whose verifier the password matches instead; when the
+    server refuses the password, a verifier that still accepts it is forgotten. Worker thread only:
+    argon2 is slow on purpose."""
+    try:
+        credentials = sign_in(server_url, email, password, transport=transport)
+    except ServerUnreachable as exc:
+        if not allow_offline or profiles is None:
+            raise
+        reason = f"The server {server_url} cannot be reached ({exc.cause})"
+        try:
+            opened = open_offline(server_url, email, password, profiles(server_url, email), reason)
+        except OfflineSignInFailed as failed:
+            raise SignInFailed(str(failed)) from exc
+        s = opened.settings
+        return SignInResult(Credentials("", None, s.tenant_id or "", s.user_id or "", s.role or ""), None, opened)
+    except SignInRefused:
+        if profiles is not None:
+            forget_if_matches(profiles(server_url, email), password)
+        raise
+    return SignInResult(credentials, make_verifier(password))
 
 
 def refresh_sign_in(server_url: str, refresh_token: str, *,
@@ -237,18 +299,27 @@ class SessionTokens:
 
 
 class LoginDialog(QDialog):
-    """Server URL, email and password; signs in on a worker thread, never on the UI thread."""
+    """Server URL, email and password; signs in on a worker thread, never on the UI thread.
+
+    profiles: where this (server, email) has verifiers. With allow_offline, an unreachable server
+    opens the matching profile offline (`offline_profile` is then set and `credentials` hold no
+    token); after an online sign-in, `verifier` holds a new verifier for the caller to store."""
 
     signed_in = Signal(object)  # Credentials
 
     def __init__(self, server_url: str = "", email: str = "", *, message: str = "",
+                 profiles: OfflineCandidates | None = None, allow_offline: bool = False,
                  transport: httpx.BaseTransport | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Sign in to WebHost Fleet")
         self.setObjectName("login_dialog")
         self.credentials: Credentials | None = None
+        self.verifier: str | None = None
+        self.offline_profile: OfflineProfile | None = None
         self.keyring = keyring_status()
         self.remembered = False
+        self._profiles = profiles
+        self._allow_offline = allow_offline
         self._transport = transport
         self._ops = Ops(self)
         layout = QVBoxLayout(self)
@@ -303,12 +374,17 @@ class LoginDialog(QDialog):
             return
         self.error.setText("Signing in…")
         self.buttons.setEnabled(False)
-        transport = self._transport
-        self._ops.read(lambda: sign_in(server, email, password, transport=transport), self._done, self._failed)
+        transport, profiles, allow_offline = self._transport, self._profiles, self._allow_offline
+        self._ops.read(lambda: sign_in_or_open_offline(server, email, password, profiles=profiles,
+                                                       allow_offline=allow_offline, transport=transport),
+                       self._done, self._failed)
 
-    def _done(self, credentials: Credentials) -> None:
+    def _done(self, result: SignInResult) -> None:
         self.buttons.setEnabled(True)
+        credentials = result.credentials
         self.credentials = credentials
+        self.verifier = result.verifier
+        self.offline_profile = result.offline
         self.password.clear()  # the password is not kept, not even in memory
         if credentials.refresh_token:
             self.remembered = save_refresh_token(self.server.text().strip(), self.email.text().strip(),

@@ -55,13 +55,12 @@ def distance_m(route: WatchedRoute, lon: float, lat: float) -> float:
 class CorridorWatcher:
     """Per vehicle and route: inside or outside the corridor, and the events when that changes.
 
-    A vehicle is watched against the routes assigned to it (route.vehicle_id); with `vehicle_id`
-    given (field mode, one vehicle per device) routes without an assignment count too.
+    A vehicle is watched against the routes assigned to it (route.vehicle_id) and no others: the
+    field window shows exactly those, so every alert names a route the driver can see.
     """
 
-    def __init__(self, routes: Iterable[WatchedRoute] = (), *, unassigned_for: str | None = None) -> None:
+    def __init__(self, routes: Iterable[WatchedRoute] = ()) -> None:
         self.routes = list(routes)
-        self.unassigned_for = unassigned_for
         self._outside: dict[tuple[str, str], bool] = {}
         self.last_distance: dict[str, float] = {}
 
@@ -71,8 +70,7 @@ class CorridorWatcher:
         self._outside = {k: v for k, v in self._outside.items() if k[1] in ids}
 
     def routes_for(self, vehicle_id: str) -> list[WatchedRoute]:
-        return [r for r in self.routes
-                if r.vehicle_id == vehicle_id or (r.vehicle_id is None and self.unassigned_for == vehicle_id)]
+        return [r for r in self.routes if r.vehicle_id == vehicle_id]
 
     def process(self, vehicle_id: str, fix_time: float, lon: float, lat: float,
                 speed_kph: float | None = None) -> list[Event]:

@@ -69,6 +69,7 @@ class FleetMapController(QObject):
         self._pending_vehicle_push = False
         self._vehicles_dirty = False
         self.on_map: set[str] = set()  # vehicles with a marker, as of the last full push
+        self._routes_of: tuple[str | None] | None = None  # (vehicle id,): only its routes; None: all
         self._invalid: set[str] = set()
         ctx.signals.changed.connect(self._on_changed)
         view.ready.connect(self.push_all)
@@ -123,11 +124,22 @@ class FleetMapController(QObject):
 
         self.ctx.ops.read(load, lambda fc: self._call("setGeofences", fc, "geofences"))
 
+    def show_routes_of(self, vehicle_id: str | None) -> None:
+        """From now on only this vehicle's routes (and corridors); none while it is None."""
+        if self._routes_of == (vehicle_id,):
+            return
+        self._routes_of = (vehicle_id,)
+        self.push_routes()
+
     def push_routes(self) -> None:
-        store = self.ctx.store
+        store, only = self.ctx.store, self._routes_of
 
         def load() -> dict[str, Any]:
-            return feature_collection(route_feature(r.id, r.data, r.invalid_reason) for r in store.routes.list())
+            if only is None:
+                routes = store.routes.list()
+            else:
+                routes = [] if only[0] is None else store.routes.for_vehicle(only[0])
+            return feature_collection(route_feature(r.id, r.data, r.invalid_reason) for r in routes)
 
         self.ctx.ops.read(load, lambda fc: self._call("setRoutes", fc, "routes"))
 

@@ -113,6 +113,7 @@ class MapBridge(QObject):
     shape_edited = Signal(str, str, dict)  # collection, record id, {"geometry", "radius_m"}
     shape_deleted = Signal(str, str)  # collection, record id
     vehicle_clicked = Signal(str)
+    user_moved = Signal()  # the user dragged the map
 
     @Slot()
     def pageReady(self) -> None:
@@ -133,6 +134,10 @@ class MapBridge(QObject):
     @Slot(str)
     def vehicleClicked(self, vehicle_id: str) -> None:
         self.vehicle_clicked.emit(vehicle_id)
+
+    @Slot()
+    def userMoved(self) -> None:
+        self.user_moved.emit()
 
 
 class MapView(QWebEngineView):

@@ -224,14 +224,35 @@ class RecordTableModel(QAbstractTableModel):
 
 
 class SearchProxy(QSortFilterProxyModel):
-    """Case-insensitive search across every column."""
+    """Case-insensitive search across every column; optionally only the records of one vehicle
+    (routes in field mode)."""
 
     def __init__(self, source: RecordTableModel, parent: QObject | None = None) -> None:
         super().__init__(parent)
+        self.source = source
         self.setSourceModel(source)
         self.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.setSortCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.setFilterKeyColumn(-1)
+        self._vehicle_filter = False
+        self._vehicle_id: str | None = None
+
+    def only_vehicle(self, vehicle_id: str | None) -> None:
+        """Show only records whose vehicle_id is this one (none at all for None)."""
+        if hasattr(self, "beginFilterChange"):  # Qt 6.10 on; invalidateFilter() is deprecated there
+            self.beginFilterChange()
+            self._vehicle_filter, self._vehicle_id = True, vehicle_id
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self._vehicle_filter, self._vehicle_id = True, vehicle_id
+            self.invalidateFilter()
+
+    def filterAcceptsRow(self, source_row: int, source_parent: AnyIndex) -> bool:
+        if self._vehicle_filter:
+            vehicle_id = getattr(self.source.record_at(source_row), "vehicle_id", None)
+            if self._vehicle_id is None or vehicle_id != self._vehicle_id:
+                return False
+        return super().filterAcceptsRow(source_row, source_parent)
 
 
 def format_time(epoch: float | None) -> str:

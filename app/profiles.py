@@ -1,5 +1,6 @@
 """Profiles: one local store per (server, tenant, user), under the platformdirs data folder, plus a
-small settings file beside it. Secrets never go here (see app/accounts.py)."""
+small settings file beside it. Secrets never go here (see app/accounts.py); the offline sign-in
+verifier has its own file beside them (app/offline_sign_in.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ class ProfileSettings:
     user_id: str | None = None
     role: str | None = None
     online_tiles: bool = False  # opt-in: OpenStreetMap's tile servers instead of the offline tiles
-    vehicle_id: str | None = None  # field mode: the vehicle this device rides in
 
     @classmethod
     def load(cls, profile_dir: Path) -> ProfileSettings:
@@ -58,6 +58,18 @@ def profile_name(server_url: str, tenant_id: str, email: str) -> str:
 
 def profile_dir_for(server_url: str, tenant_id: str, email: str) -> Path:
     return default_store_path(profile_name(server_url, tenant_id, email)).parent
+
+
+def profiles_root() -> Path:
+    return default_store_path("local").parent.parent
+
+
+def known_profiles() -> list[Path]:
+    """Every profile folder under the data folder (not those opened with --profile elsewhere)."""
+    try:
+        return sorted(p for p in profiles_root().iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def local_profile_dir() -> Path:

@@ -18,6 +18,8 @@ from sync.client import SyncClient, SyncState, SyncStatus, TokenSource, websocke
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 2.0  # how long stop() lets the client finish by itself before cancelling it
+
 
 class SyncThread(QObject):
     status_changed = Signal(object)  # SyncStatus, on the UI thread
@@ -44,6 +46,7 @@ class SyncThread(QObject):
         self.feed: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._client_task: asyncio.Task[None] | None = None
         self._started = threading.Event()
         last = ctx.store.sync_log.get_meta("last_synced_at")
         self.status = SyncStatus(SyncState.OFFLINE, ctx.store.sync_log.pending_count(),
@@ -96,8 +99,10 @@ class SyncThread(QObject):
             self.feed = LiveFeed(self.ctx.store, self.server_url, self.tokens,
                                  lambda touched: self.ctx.signals.notify("live", touched))
             tasks.append(asyncio.create_task(self.feed.run(), name="live-feed"))
+        self._client_task = tasks[0]
         self._started.set()
-        await tasks[0]  # the sync client decides when the session is over (stop or sign-in needed)
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[0]  # the sync client decides when the session is over (stop or sign-in needed)
         for task in tasks[1:]:
             if self.uploader is not None:
                 await self.uploader.stop()
@@ -118,6 +123,10 @@ class SyncThread(QObject):
             return None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
+    def _cancel_client(self) -> None:
+        if self._client_task is not None:
+            self._client_task.cancel()
+
     def wake_uploader(self) -> None:
         if self.uploader is not None:
             self.uploader.wake()
@@ -129,6 +138,13 @@ class SyncThread(QObject):
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(client.stop(), loop).result(timeout)
         if self._thread is not None:
+            self._thread.join(STOP_GRACE_S)
+            if self._thread.is_alive() and loop is not None:
+                # A connection that opened just after stop() was asked for keeps the client in its
+                # session (SyncClient only checks the flag between connections): end it here rather
+                # than keep the closing window waiting.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._cancel_client)
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the sync thread did not stop within %.0f s", timeout)

@@ -120,7 +120,7 @@ async def handshake(ws: ClientConnection) -> None:
 async def receiver(ws: ClientConnection, sent_at: dict[int, float], latencies: list[float],
                    expected: int, done: asyncio.Event) -> None:
     doc = Doc()
-    bench = doc.get("bench", type=Map)
+    bench = doc.get("meta", type=Map)  # a root the value policy allows
     seen = 0
     while seen < expected:
         message = protocol.parse(await ws.recv())
@@ -140,7 +140,7 @@ async def fanout_round(server: Server, room: str, clients: int, updates: int, ra
     writer = await connect(server.room_url(room), max_size=None, ping_interval=None)
     await asyncio.gather(*(handshake(ws) for ws in [*sockets, writer]))
     source = Doc()
-    bench = source.get("bench", type=Map)
+    bench = source.get("meta", type=Map)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     events = [asyncio.Event() for _ in sockets]
@@ -172,7 +172,7 @@ async def ack_latency(server: Server, room: str, updates: int) -> tuple[float, f
     ws = await connect(server.room_url(room, acks=True), max_size=None, ping_interval=None)
     await handshake(ws)
     source = Doc()
-    bench = source.get("acks", type=Map)
+    bench = source.get("meta", type=Map)
     samples = []
     for seq in range(1, updates + 1):  # one write in flight at a time: the latency a user waits
         state = source.get_state()

@@ -117,11 +117,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4000, help="fixes per request (one vehicle per request)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients")
     parser.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
+    parser.add_argument("--storage", choices=["both", "timescale", "partitioned"], default="both",
+                        help="how gps_positions is stored (both: one run each, timescale where installed)")
     args = parser.parse_args()
+    for storage in (["timescale", "partitioned"] if args.storage == "both" else [args.storage]):
+        run(args, storage)
 
+
+def run(args: argparse.Namespace, storage: str) -> None:
     name = f"webhost_bench_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        if storage == "timescale" and not admin.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
+            print("timescale: TimescaleDB is not installed on this server; skipped")
+            return
         admin.execute(f'CREATE DATABASE "{name}"')
+        if storage == "partitioned":  # read by the migration (docs/positions.md)
+            admin.execute(f"ALTER DATABASE \"{name}\" SET webhost.timescale = 'off'")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     spawn = multiprocessing.get_context("spawn")
     ports: Any = spawn.Queue()
@@ -177,7 +189,7 @@ def main() -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     http_rate, copy_rate = total / http_seconds, total / copy_seconds
-    print(f"{total} fixes, {len(bodies)} batches of {args.batch}, {args.clients} concurrent clients"
+    print(f"[{storage}] {total} fixes, {len(bodies)} batches of {args.batch}, {args.clients} concurrent clients"
           f"{', gzip' if args.gzip else ''}; {events[0] if events else 0} geofence/overspeed events computed")
     print(f"  HTTP ingest (validate, COPY→INSERT, events, state): {http_rate:10,.0f} fixes/s  ({http_seconds:.2f} s)")
     print(f"  raw psycopg COPY of the same rows, same table:      {copy_rate:10,.0f} fixes/s  ({copy_seconds:.2f} s)")

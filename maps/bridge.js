@@ -14,7 +14,8 @@
     editable: null, corridors: null, trackLayer: null, trackCoords: [], cursor: null, cursorIndex: -1,
     geofenceCount: 0, routeCount: 0, corridorCount: 0,
     tilesLoaded: 0, tileErrors: 0, py: null, pyQueue: [], readOnly: true, ready: false,
-    messageBox: null, lastMessage: "", selected: null, fitted: false
+    messageBox: null, lastMessage: "", selected: null, fitted: false, followed: null,
+    hidden: { routes: false, corridors: false, geofences: false }, stash: { routes: [], geofences: [] }
   };
 
   function toPython(method, args) {
@@ -58,6 +59,8 @@
     tiles.addTo(map);
     S.tiles = tiles;
     map.on("zoomend", resizeCorridors);
+    // Only a user drags (panTo and setView never fire dragstart): the field window stops following.
+    map.on("dragstart", function () { toPython("userMoved", []); });
 
     var Box = L.Control.extend({
       options: { position: "topright" },
@@ -219,6 +222,13 @@
     return true;
   };
 
+  // Field mode follows its own vehicle by the newest fix (the marker lags behind by a batch).
+  window.followPosition = function (lon, lat) {
+    S.followed = [lon, lat];
+    S.map.panTo([lat, lon]);
+    return true;
+  };
+
   window.panToVehicle = function (id) {
     var m = S.markers[id];
     if (!m) { return false; }
@@ -240,6 +250,40 @@
     S.editable.eachLayer(function (layer) {
       if (layer.fleet && layer.fleet.collection === collection) { S.editable.removeLayer(layer); }
     });
+    S.stash[collection] = [];
+  }
+
+  // A hidden layer's shapes wait in S.stash (routes, geofences) or off the map (corridors).
+  function addShape(collection, layer) {
+    if (S.hidden[collection]) { S.stash[collection].push(layer); } else { S.editable.addLayer(layer); }
+  }
+
+  window.setLayerVisible = function (name, visible) {
+    if (!(name in S.hidden)) { return null; }
+    S.hidden[name] = !visible;
+    if (name === "corridors") {
+      if (visible) { S.map.addLayer(S.corridors); resizeCorridors(); } else { S.map.removeLayer(S.corridors); }
+      return visible;
+    }
+    if (visible) {
+      S.stash[name].forEach(function (layer) { S.editable.addLayer(layer); });
+      S.stash[name] = [];
+    } else {
+      var going = [];
+      S.editable.eachLayer(function (layer) {
+        if (layer.fleet && layer.fleet.collection === name) { going.push(layer); }
+      });
+      going.forEach(function (layer) { S.editable.removeLayer(layer); });
+      S.stash[name] = S.stash[name].concat(going);
+    }
+    return visible;
+  };
+
+  function shownCount(collection) {
+    var n = 0;
+    if (!S.editable) { return 0; }
+    S.editable.eachLayer(function (layer) { if (layer.fleet && layer.fleet.collection === collection) { n += 1; } });
+    return n;
   }
 
   window.setGeofences = function (fc) {
@@ -261,7 +305,7 @@
       } catch (err) {
         return;  // a geometry Leaflet cannot draw: the record is flagged in the tables instead
       }
-      S.editable.addLayer(tagged(layer, p, "geofences"));
+      addShape("geofences", tagged(layer, p, "geofences"));
       n += 1;
     });
     S.geofenceCount = n;
@@ -285,7 +329,7 @@
       corridor.corridorM = p.corridor_m || 100;
       S.corridors.addLayer(corridor);
       var line = L.polyline(latlngs, { color: colour, weight: 3, dashArray: p.invalid ? "6 4" : null });
-      S.editable.addLayer(tagged(line, p, "routes"));
+      addShape("routes", tagged(line, p, "routes"));
       n += 1;
     });
     S.routeCount = n;
@@ -357,6 +401,10 @@
       tilesLoaded: S.tilesLoaded, tileErrors: S.tileErrors,
       layers: { vehicles: S.markerCount, geofences: S.geofenceCount, routes: S.routeCount,
                 corridors: S.corridorCount, track: S.trackCoords.length },
+      visible: { routes: !S.hidden.routes, corridors: !S.hidden.corridors, geofences: !S.hidden.geofences },
+      shown: { routes: shownCount("routes"), geofences: shownCount("geofences"),
+               corridors: S.map && S.map.hasLayer(S.corridors) ? S.corridors.getLayers().length : 0 },
+      followed: S.followed,
       cursor: S.cursorIndex, zoom: S.map ? S.map.getZoom() : null, center: [c.lng, c.lat],
       drawControl: !!document.querySelector(".leaflet-draw"), message: S.lastMessage,
       cursorLonLat: S.cursor ? [S.cursor.getLatLng().lng, S.cursor.getLatLng().lat] : null,

@@ -110,6 +110,7 @@ def field_shot(app: Any, out: Path, workdir: Path) -> dict[str, Any]:
     window.resize(1400, 860)
     window.show()
     wait(app, lambda: window.vehicle.count() > 0, 30)
+    window.vehicle.setCurrentIndex(window.vehicle.findText("Van 01"))  # nothing is assigned to this user
     # Drive the first route, but veer off it in the middle: a corridor alert and a geofence entry.
     coords = ROUTES["Station - Hakaniemi"]
     fixes = list(demo_track(demo.vehicle_ids[0], coords, start=time.time() - 600, device_id="demo-00001"))

@@ -36,6 +36,16 @@ if command -v pg_lsclusters >/dev/null; then
     for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
   fi
 fi
+# TimescaleDB: development and CI machines carry a build beside the project (shared/timescaledb);
+# production uses the timescale/timescaledb-ha image. Idempotent and offline; it restarts
+# PostgreSQL when it installs, so wait for the server again afterwards.
+if [ -f ../shared/timescaledb/install.sh ] && command -v pg_lsclusters >/dev/null; then
+  if ! out=$(as_root bash ../shared/timescaledb/install.sh 2>&1); then
+    echo "$out" >&2; echo "bootstrap: installing TimescaleDB failed" >&2; exit 1
+  fi
+  case "$out" in *"already installed"*) ;; *) echo "bootstrap: $out" | tail -n 3 ;; esac
+  for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+fi
 if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   echo "bootstrap: starting Redis"
   mkdir -p /var/lib/redis /var/log/redis
@@ -43,18 +53,27 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 ping >/dev/nul
     --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
 fi
 
-# Python virtual environment; rebuilt only when pyproject.toml changes.
+# Python virtual environment, installed from the lock (requirements/dev.txt, exported from
+# uv.lock by `make lock`): exact versions with hashes, so every machine gets the same bits.
+# Rebuilt only when the lock or pyproject.toml changes.
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+stamp=.venv/.installed-$(cat requirements/dev.txt pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python packages"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  echo "bootstrap: installing Python packages from the lock (requirements/dev.txt)"
+  # --no-deps: the lock already lists every package, so pip resolves nothing by itself.
+  # pip's chatter (machine-level index warnings, setuptools' editable notice) goes to a log that
+  # is shown only when something fails.
+  log=.venv/bootstrap-pip.log
+  if ! .venv/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps \
+         -r requirements/dev.txt >"$log" 2>&1 \
+     || ! .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >>"$log" 2>&1; then
+    cat "$log" >&2; echo "bootstrap: installing Python packages failed (log above)" >&2; exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

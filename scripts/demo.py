@@ -65,8 +65,10 @@ def main() -> int:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     port = _pick_port(args.port)
     url = f"http://127.0.0.1:{port}"
+    # The demo runs in development mode, said explicitly: the server keeps a generated secret next
+    # to the demo store instead of requiring WEBHOST_SECRET_KEY, as it would by default.
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{args.data_dir / 'fleet-server.sqlite'}",
-           "HOST": "127.0.0.1", "PORT": str(port)}
+           "HOST": "127.0.0.1", "PORT": str(port), "WEBHOST_ENV": "development"}
     loaded = subprocess.run([str(BIN / "webhost-server"), "demo-data"], env=env, capture_output=True, text=True)
     if loaded.returncode != 0:
         print(loaded.stderr, file=sys.stderr)

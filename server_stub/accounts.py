@@ -77,6 +77,8 @@ class User:
     role: str
     disabled: bool
     created_at: datetime
+    # Tokens issued before this moment are refused (set by a password reset); None: never reset.
+    tokens_valid_after: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ def _tenant(row: dict[str, Any]) -> Tenant:
 def _user(row: dict[str, Any]) -> User:
     created = parse_time(row["created_at"])
     assert created is not None
-    return User(row["id"], row["customer_id"], row["email"], row["role"], bool(row["disabled"]), created)
+    return User(row["id"], row["customer_id"], row["email"], row["role"], bool(row["disabled"]), created,
+                parse_time(row.get("tokens_valid_after")))
 
 
 def _api_key(row: dict[str, Any]) -> ApiKey:
@@ -247,9 +250,20 @@ async def set_role(db: Database, user_id: str, role: str) -> User:
 
 
 async def reset_password(db: Database, user_id: str, password: str) -> None:
+    """Set a new password and end every session of the user: access tokens issued until now are
+    refused from the next request on (tokens_valid_after) and every refresh token is revoked."""
     _check_password(password)
-    if not await db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (await _hash(password), user_id)):
-        raise NotFound(f"user {user_id} not found")
+    password_hash = await _hash(password)
+    now = time_param(db, utcnow())
+    async with db.transaction() as tx:
+        changed = await tx.execute(
+            "UPDATE users SET password_hash = ?, tokens_valid_after = ? WHERE id = ?", (password_hash, now, user_id)
+        )
+        if not changed:
+            raise NotFound(f"user {user_id} not found")
+        await tx.execute(
+            "UPDATE refresh_tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user_id)
+        )
 
 
 async def disable_user(db: Database, user_id: str, disabled: bool = True) -> User:

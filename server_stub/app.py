@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +27,8 @@ from server_stub.sync_route import sync_endpoint
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_STEP_SECONDS = 2.0  # per step of the lifespan shutdown; uvicorn itself waits 3 s for requests (cli.py)
+
 
 async def health(request: Request) -> Response:
     state = request.app.state
@@ -36,12 +39,15 @@ async def health(request: Request) -> Response:
         return JSONResponse({"status": "error", "database": f"unreachable: {exc}", "version": __version__},
                             status_code=503)
     redis = await state.fanout.health()  # "ok", "unreachable" or "not configured"
+    # A count only: /health needs no login, and tenant ids are not for anonymous callers.
+    failing = len(state.rooms.faults)
     return JSONResponse({
-        # Without Redis an instance still serves its own clients: degraded, not down.
-        "status": "degraded" if redis == UNREACHABLE else "ok",
+        # Without Redis, or with one tenant failing, an instance still serves: degraded, not down.
+        "status": "degraded" if redis == UNREACHABLE or failing else "ok",
         "database": {"status": "ok", "dialect": state.db.dialect},
         "extensions": extensions,
         "redis": redis,
+        "tenants": {"failing": failing},
         "version": __version__,
     })
 
@@ -73,7 +79,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = await open_database(settings.database_url)
+        db = await open_database(settings.database_url, timescale=settings.timescale)
         try:
             if run_migrations:
                 await migrate(db)
@@ -81,15 +87,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             fanout = create_fanout(settings.redis_url)
             app.state.fanout = fanout
             rooms = RoomManager(persistence, max_message_bytes=settings.max_message_bytes,
-                                idle_seconds=settings.room_idle_seconds, fanout=fanout)
-            projector = Projector(db)
+                                idle_seconds=settings.room_idle_seconds, fanout=fanout, quota=settings.write_quota)
+            projector = Projector(db, rooms)
             rooms.on_applied(projector.on_applied)
             app.state.settings = settings
             app.state.db = db
             app.state.persistence = persistence
             app.state.rooms = rooms
             app.state.projector = projector
-            app.state.rate_limiter = LoginRateLimiter()
+            app.state.rate_limiter = LoginRateLimiter.for_settings(settings, fanout)  # Redis-shared when configured
             await projector.start()
             await rooms.start()
             await fanout.start()  # never fails for an unreachable Redis: it reconnects in the background
@@ -97,13 +103,15 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             await positions_api.start(app.state, db)  # position ingest, partition upkeep, live push
             yield
         finally:
+            # Each step is bounded: SIGTERM must end the server even when the database hangs.
             if hasattr(app.state, "positions"):
-                await app.state.positions.close()
+                await _bounded("positions", app.state.positions.close())
             if hasattr(app.state, "rooms"):
-                await app.state.rooms.close()
-                await app.state.fanout.close()
-                await app.state.projector.close()
-            await db.close()
+                # Rooms get their queued writes committed if the database answers within the step.
+                await _bounded("rooms", app.state.rooms.close(SHUTDOWN_STEP_SECONDS), 2 * SHUTDOWN_STEP_SECONDS)
+                await _bounded("fan-out", app.state.fanout.close())
+                await _bounded("projection", app.state.projector.close())
+            await _bounded("database", db.close())
 
     routes = [
         Route("/health", health),
@@ -121,10 +129,26 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
 async def _catch_up_projection(db: Database, rooms: RoomManager, projector: Projector) -> None:
     """Re-project tenants whose tables lag their update log (a crash between commit and projection).
 
-    Each tenant is checked inside its own transaction: row-level security hides the log otherwise."""
-    for tenant in await db.fetch("SELECT id FROM customers"):
-        tenant_id = tenant["id"]
-        head = await rooms.persistence.head(tenant_id)
-        if head is not None and await projector.watermark(tenant_id) < head:
-            await projector.catch_up(await rooms.get(tenant_id))
+    Start-up never depends on every tenant: one that fails is noted in `rooms.faults` and
+    repaired in the background (Projector.catch_up_tenant), and the server starts regardless."""
+    try:
+        tenants = [row["id"] for row in await db.fetch("SELECT id FROM customers")]
+    except Exception:
+        log.exception("could not list tenants to catch projection up; rooms catch up as they load")
+        return
+    for tenant_id in tenants:
+        if await projector.catch_up_tenant(tenant_id):
             log.info("re-projected tenant %s after restart", tenant_id)
+    if rooms.faults:
+        log.error("started with %d failing tenant(s); they are retried in the background", len(rooms.faults))
+
+
+async def _bounded(what: str, step: Awaitable[None], seconds: float = SHUTDOWN_STEP_SECONDS) -> None:
+    """Run one shutdown step for at most `seconds`; log (never raise) when it fails or hangs."""
+    try:
+        async with asyncio.timeout(seconds):
+            await step
+    except TimeoutError:
+        log.error("shutdown: closing %s took over %.0f s; abandoned", what, seconds)
+    except Exception:
+        log.exception("shutdown: closing %s failed", what)

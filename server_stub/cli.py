@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import getpass
+import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from server_stub import accounts
-from server_stub.config import ConfigError, Settings, default_database_url
+from server_stub.config import ConfigError, Settings, default_database_url, timescale_mode
 from server_stub.db import Database, DatabaseError, DatabaseURLError, open_database
 from server_stub.db import migrations as db_migrations
 from storage.spatialite import ExtensionLoadingUnsupported, SpatialiteNotFound
@@ -27,7 +30,7 @@ SUBCOMMANDS = {
     "create-tenant": "create a customer (tenant)",
     "create-user": "create a user in a tenant",
     "create-api-key": "create an API key (shown once)",
-    "verify-extensions": "report PostGIS and TimescaleDB availability",
+    "verify-extensions": "report PostGIS and TimescaleDB: installed, enabled, and what migrate will do",
     "demo-data": "load the demo tenant and fleet",
 }
 
@@ -38,6 +41,53 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+# -- server logging and proxies -------------------------------------------------------------
+
+# `?token=…` on /sync and /api/v1/live (browsers cannot set websocket headers), `refresh_token`
+# should a client ever put one in a URL: uvicorn logs the whole path with its query.
+_TOKEN_IN_QUERY = re.compile(r"((?:^|[?&;\s])(?:token|access_token|refresh_token)=)[^&;\s\"']*", re.IGNORECASE)
+
+
+def scrub_tokens(text: str) -> str:
+    """The text with the value of every token query parameter replaced by `***`."""
+    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+
+
+class TokenScrubber(logging.Filter):
+    """Keeps credentials out of the logs: uvicorn's access lines and websocket messages carry the
+    request path with its query string, where websocket clients put their token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = scrub_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(scrub_tokens(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: scrub_tokens(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's own logging setup with the token scrubber on every handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["scrub_tokens"] = {"()": TokenScrubber}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "scrub_tokens"]
+    return config
+
+
+def uvicorn_proxy_options(settings: Settings) -> dict[str, Any]:
+    """X-Forwarded-For/-Proto are believed only from WEBHOST_TRUSTED_PROXIES (default: nobody).
+
+    uvicorn would otherwise trust 127.0.0.1 (or FORWARDED_ALLOW_IPS), so any local caller, or
+    anything behind an unconfigured local proxy, could pick the address the login limits see."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies)}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -56,8 +106,10 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _with_db(url: str, action: Callable[[Database], Awaitable[T]], *, require_schema: bool = True) -> T:
+    timescale = timescale_mode(os.environ)
+
     async def run() -> T:
-        db = await open_database(url)
+        db = await open_database(url, timescale=timescale)
         try:
             if require_schema and await db_migrations.pending(db):
                 raise CliError(f"the database is not migrated yet; run `{PROG} migrate` first")
@@ -120,25 +172,47 @@ def cmd_create_api_key(args: argparse.Namespace) -> int:
 
 
 async def _extension_lines(db: Database) -> tuple[list[str], int]:
+    """What is installed on the server, what is enabled in this database, and what `migrate` will do."""
     installed = await db.extensions()
     if db.dialect == "sqlite":
-        return [f"spatialite: present ({installed['spatialite']})"], 0
+        return [f"spatialite: present ({installed['spatialite']})", "positions: a plain SpatiaLite table"], 0
     from server_stub.db.postgres import PostgresDatabase
+    from server_stub.partitions import storage_mode
 
     assert isinstance(db, PostgresDatabase)
     available = await db.available_extensions()
     lines, code = [], 0
     if installed["postgis"]:
-        lines.append(f"postgis: present ({installed['postgis']})")
+        lines.append(f"postgis: enabled ({installed['postgis']})")
     elif available["postgis"]:
-        lines.append(f"postgis: available ({available['postgis']}), not enabled yet — `{PROG} migrate` enables it")
+        lines.append(f"postgis: installed ({available['postgis']}), not enabled yet — `{PROG} migrate` enables it")
     else:
         lines.append("postgis: missing — install PostGIS on the Postgres server (e.g. postgresql-15-postgis-3)")
         code = 1
+    preloaded = await db.timescale_preloaded()
+    positions_table = await db.fetchval("SELECT to_regclass('public.gps_positions') IS NOT NULL")
+    mode = await storage_mode(db) if positions_table else None
     if installed["timescaledb"]:
-        lines.append(f"timescaledb: present ({installed['timescaledb']})")
+        lines.append(f"timescaledb: enabled ({installed['timescaledb']})")
+    elif not available["timescaledb"]:
+        lines.append("timescaledb: not installed on this server")
+    elif not preloaded:
+        lines.append(
+            f"timescaledb: installed ({available['timescaledb']}) but not in shared_preload_libraries, so it "
+            "cannot be enabled"
+        )
     else:
-        lines.append("timescaledb: not available — positions use native partitioning")
+        lines.append(f"timescaledb: installed ({available['timescaledb']}), not enabled in this database yet")
+    if mode == "timescale":
+        lines.append("positions: a TimescaleDB hypertable (1-day chunks, compression and retention policies)")
+    elif mode is not None:
+        lines.append("positions: native daily partitions")
+    elif db.timescale == "off":
+        lines.append(f"positions: `{PROG} migrate` will use native daily partitions (WEBHOST_TIMESCALE=off)")
+    elif installed["timescaledb"] or (available["timescaledb"] and preloaded):
+        lines.append(f"positions: `{PROG} migrate` will enable timescaledb and create a hypertable")
+    else:
+        lines.append(f"positions: `{PROG} migrate` will use native daily partitions")
     return lines, code
 
 
@@ -163,7 +237,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning" if args.quiet else "info",
-                access_log=not args.quiet)
+                access_log=not args.quiet, log_config=uvicorn_log_config(), **uvicorn_proxy_options(settings),
+                # Requests still running 3 s after SIGTERM are cancelled: one stuck on a hung
+                # database must not keep the server from stopping (tests/server/test_tenant_faults.py).
+                timeout_graceful_shutdown=3)
     return 0
 
 

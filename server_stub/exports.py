@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from decimal import Decimal
@@ -30,6 +31,16 @@ KNOT_KPH = 1.852
 MPS_KPH = 3.6
 CSV_COLUMNS = ("vehicle_id", "device_id", "fix_time", "lat", "lon", "speed_kph", "course", "altitude", "accuracy",
                "attributes")
+
+
+# Characters XML 1.0 cannot carry at all, even escaped (most C0 controls, lone surrogates, U+FFFE/F).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    """Character data for the document: escaped, and without what would make it not well-formed
+    (a vehicle name may hold any control character the value policy lets through)."""
+    return escape(_NOT_XML.sub("\ufffd", text))
 
 
 class GpxError(ValueError):
@@ -84,8 +95,8 @@ def to_gpx(fixes: Iterable[Fix], *, name: str, created: float, creator: str = "W
         f'<gpx version="1.1" creator={quoteattr(creator)} xmlns="{GPX_NS}" xmlns:gpxtpx="{TPX_NS}" '
         f'xmlns:wh="{WH_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
         f'xsi:schemaLocation="{GPX_NS} http://www.topografix.com/GPX/1/1/gpx.xsd {TPX_NS} {TPX_XSD}">',
-        f"<metadata><name>{escape(name)}</name><time>{iso(created)}</time></metadata>",
-        f"<trk><name>{escape(name)}</name><trkseg>",
+        f"<metadata><name>{_xml_text(name)}</name><time>{iso(created)}</time></metadata>",
+        f"<trk><name>{_xml_text(name)}</name><trkseg>",
     ]
     for fix in fixes:
         point = [f'<trkpt lat="{_decimal(fix.lat)}" lon="{_decimal(fix.lon)}">']

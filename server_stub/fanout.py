@@ -1,4 +1,4 @@
-"""Fan-out between server instances that share one database: CRDT updates and live events.
+"""Fan-out between server instances that share one database: CRDT updates, live events, revocations.
 
 Every instance keeps its own in-memory room per tenant. When one instance commits an update,
 the others that have the tenant's room loaded must apply it too, or their sockets would never
@@ -6,9 +6,11 @@ see it. With `REDIS_URL` set, `RedisFanout` carries the committed update bytes o
 pub/sub; without it, `LocalFanout` has the same interface and nothing to tell anyone, so a
 single instance behaves exactly the same either way.
 
-Channels are `{prefix}:sync:{tenant}` (binary: sender instance id, a newline, the update) and
-`{prefix}:live:{tenant}` (JSON: `{"from": instance id, "event": {...}}`). One pattern
-subscription per kind covers every tenant on one pub/sub connection. An instance ignores its
+Channels are `{prefix}:sync:{tenant}` (binary: sender instance id, a newline, the update),
+`{prefix}:live:{tenant}` (JSON: `{"from": instance id, "event": {...}}`) and `{prefix}:revoke`
+(JSON like live: a credential changed, so every instance re-checks the sockets it holds for it;
+see server_stub/revocation.py). One pattern subscription per kind covers every tenant on one
+pub/sub connection. An instance ignores its
 own messages; updates it applies from another instance never reach its `on_committed` hook
 (see sync/room.py), so nothing is ever published twice or bounced back.
 
@@ -16,7 +18,9 @@ Redis is an accelerator, never a dependency of sync: while it is down an instanc
 serving its own sockets, queues what it has to publish (bounded), and reconnects with backoff.
 Every (re)subscription ends with a resync of the loaded rooms from the database, which holds
 every committed update, so whatever was missed while disconnected is caught up. An empty sync
-payload is that resync request, sent when an instance had to drop queued updates.
+payload is that resync request, sent when an instance had to drop queued updates. Revocations
+missed meanwhile are caught up the same way: every (re)subscription tells the local revocation
+subscribers `{"all": true}`, and they re-check every open socket against the database.
 """
 
 from __future__ import annotations
@@ -83,6 +87,16 @@ class Fanout(Protocol):
 
     def subscribe_live(self, tenant_id: str, callback: LiveCallback) -> Unsubscribe: ...
 
+    async def publish_revocation(self, event: LiveEvent) -> None:
+        """Tell every instance (this one too) that a credential changed."""
+        ...
+
+    def subscribe_revocations(self, callback: LiveCallback) -> Unsubscribe: ...
+
+    def redis_client(self) -> aioredis.Redis | None:
+        """The Redis connection while it is up (for state shared by instances), else None."""
+        ...
+
     async def health(self) -> RedisStatus: ...
 
 
@@ -127,11 +141,15 @@ class _LiveSubscribers:
                 log.exception("live subscriber of %s failed", tenant_id)
 
 
+REVOCATIONS = ""  # the _LiveSubscribers key of revocation subscribers (no tenant)
+
+
 class LocalFanout:
     """One instance only: nothing to publish updates to; live events go to local subscribers."""
 
     def __init__(self) -> None:
         self._live = _LiveSubscribers()
+        self._revocations = _LiveSubscribers()
         self.sink: RemoteUpdates | None = None
 
     async def start(self) -> None:
@@ -151,6 +169,15 @@ class LocalFanout:
 
     def subscribe_live(self, tenant_id: str, callback: LiveCallback) -> Unsubscribe:
         return self._live.add(tenant_id, callback)
+
+    async def publish_revocation(self, event: LiveEvent) -> None:
+        await self._revocations.deliver(REVOCATIONS, _json_copy(event))
+
+    def subscribe_revocations(self, callback: LiveCallback) -> Unsubscribe:
+        return self._revocations.add(REVOCATIONS, callback)
+
+    def redis_client(self) -> aioredis.Redis | None:
+        return None
 
     async def health(self) -> RedisStatus:
         return NOT_CONFIGURED
@@ -178,9 +205,11 @@ class RedisFanout:
         self._me = self.instance_id.encode()
         self._sync_prefix = f"{prefix}:sync:"
         self._live_prefix = f"{prefix}:live:"
+        self._revoke_channel = f"{prefix}:revoke"
         self._live = _LiveSubscribers()
+        self._revocations = _LiveSubscribers()
         self._client: aioredis.Redis | None = None
-        # ("sync" | "live", tenant, payload); merged per tenant when it is sent.
+        # ("sync" | "live" | "revoke", tenant, payload); updates merged per tenant when sent.
         self._outbox: deque[tuple[str, str, bytes]] = deque()
         self._dropped_tenants: set[str] = set()
         self._wake = asyncio.Event()
@@ -228,6 +257,9 @@ class RedisFanout:
     def attach(self, sink: RemoteUpdates) -> None:
         self.sink = sink
 
+    def redis_client(self) -> aioredis.Redis | None:
+        return self._client if self._subscribed.is_set() else None
+
     async def health(self) -> RedisStatus:
         if self._client is None or not self._subscribed.is_set():
             return UNREACHABLE
@@ -253,6 +285,15 @@ class RedisFanout:
     def subscribe_live(self, tenant_id: str, callback: LiveCallback) -> Unsubscribe:
         return self._live.add(tenant_id, callback)
 
+    async def publish_revocation(self, event: LiveEvent) -> None:
+        event = _json_copy(event)
+        payload = json.dumps({"from": self.instance_id, "event": event}, separators=(",", ":")).encode()
+        self._enqueue(("revoke", "", payload))
+        await self._revocations.deliver(REVOCATIONS, event)  # this instance's sockets: no round trip
+
+    def subscribe_revocations(self, callback: LiveCallback) -> Unsubscribe:
+        return self._revocations.add(REVOCATIONS, callback)
+
     def _enqueue(self, item: tuple[str, str, bytes]) -> None:
         self._outbox.append(item)
         while len(self._outbox) > self.outbox_limit:
@@ -272,6 +313,8 @@ class RedisFanout:
             kind, tenant, payload = self._outbox.popleft()
             if kind == "sync":
                 updates.setdefault(tenant, []).append(payload)
+            elif kind == "revoke":
+                live.append((self._revoke_channel, payload))
             else:
                 live.append((self.channel("live", tenant), payload))
         header = self._me + b"\n"
@@ -323,9 +366,9 @@ class RedisFanout:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.psubscribe(self._sync_prefix + "*", self._live_prefix + "*")
+                await pubsub.psubscribe(self._sync_prefix + "*", self._live_prefix + "*", self._revoke_channel)
                 confirmed = 0
-                while confirmed < 2:  # the subscription is live once Redis confirms both patterns
+                while confirmed < 3:  # the subscription is live once Redis confirms every pattern
                     message = await pubsub.get_message(timeout=self.connect_timeout)
                     if message is None:
                         raise ConnectionError("redis did not confirm the subscription")
@@ -340,6 +383,7 @@ class RedisFanout:
                 self._wake.set()  # send whatever queued up meanwhile
                 # Anything published while this instance was not subscribed is in the database.
                 self._spawn(self._resync(None))
+                self._spawn(self._revocations.deliver(REVOCATIONS, {"all": True}))
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message["type"] == "pmessage":
@@ -352,7 +396,7 @@ class RedisFanout:
                 self._note_down(exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
 
@@ -372,6 +416,14 @@ class RedisFanout:
                     await self.sink.apply_remote(tenant_id, update)
                 else:
                     self._spawn(self._resync(tenant_id))
+            elif channel == self._revoke_channel:
+                message = json.loads(payload)
+                if message.get("from") == self.instance_id:
+                    return
+                self.received += 1
+                event = message.get("event")
+                if isinstance(event, dict):
+                    await self._revocations.deliver(REVOCATIONS, event)
             elif channel.startswith(self._live_prefix):
                 tenant_id = channel[len(self._live_prefix):]
                 if not self._live.has(tenant_id):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
@@ -22,6 +21,14 @@ def json_api_error(status: int, title: str, detail: str, headers: dict[str, str]
     return JSONResponse(body, status_code=status, headers=headers, media_type=JSON_API)
 
 
+def client_ip(conn: HTTPConnection) -> str:
+    """The caller's address for login limits. X-Forwarded-For is believed only from the proxies in
+    WEBHOST_TRUSTED_PROXIES: the server runs uvicorn's proxy-header handling with exactly those
+    (server_stub.cli.uvicorn_proxy_options), which puts the real client here; with none
+    configured this is the peer address and no header can change it."""
+    return conn.client.host if conn.client else "unknown"
+
+
 def _state(conn: HTTPConnection) -> tuple[Database, Settings, LoginRateLimiter]:
     state = conn.app.state
     return state.db, state.settings, state.rate_limiter
@@ -31,15 +38,43 @@ class BadRequest(Exception):
     """The token request body is not JSON or a form, or lacks a field."""
 
 
+class BodyTooLarge(Exception):
+    """The token request is over its cap; answered 413 before the rest is read."""
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        async with request.form() as form:
-            return {key: value for key, value in form.items() if isinstance(value, str)}
+    """The token request, read under a small cap before parsing: the endpoint needs no login, so
+    it must never buffer whatever a client sends (413), nor recurse into hostile JSON (400)."""
+    # Imported here, not at the top: http_util imports this module.
+    from starlette.formparsers import MultiPartException
+    from starlette.types import Message
+
+    from server_stub.http_util import MAX_TOKEN_BODY_BYTES, ApiError, parse_json, read_body
+    from sync.values import ValuePolicyError, check_value
+
     try:
-        body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be JSON or a form") from None
+        raw = await read_body(request, MAX_TOKEN_BODY_BYTES)
+    except ApiError as exc:
+        if exc.status == 413:
+            raise BodyTooLarge(exc.detail) from None
+        raise BadRequest(exc.detail) from None
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            async def replay() -> Message:  # the form parser reads the capped bytes, not the socket
+                return {"type": "http.request", "body": raw, "more_body": False}
+
+            async with Request(request.scope, replay).form(max_files=0, max_fields=16) as form:
+                body: Any = {key: value for key, value in form.items() if isinstance(value, str)}
+            check_value(body)
+        else:
+            body = parse_json(raw or b"null")
+    except ApiError as exc:
+        raise BadRequest(f"{exc.pointer or 'the body'}: {exc.detail}") from None
+    except ValuePolicyError as exc:
+        raise BadRequest(str(exc)) from None
+    except MultiPartException as exc:
+        raise BadRequest(f"the form is not valid: {exc.message}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
@@ -63,19 +98,19 @@ def _token_response(access: str, expires_in: int, refresh: str) -> JSONResponse:
 async def _password_grant(request: Request, body: dict[str, Any]) -> JSONResponse:
     db, settings, limiter = _state(request)
     email, password = _field(body, "email"), _field(body, "password")
-    client_ip = request.client.host if request.client else "unknown"
+    ip = client_ip(request)
     try:
-        limiter.check(email, client_ip)
+        await limiter.check(email, ip)
     except auth.RateLimited as exc:
         return json_api_error(429, "too many attempts", str(exc), {"Retry-After": str(exc.retry_after)})
     try:
         user = await accounts.authenticate(db, email, password)
     except accounts.InvalidCredentials as exc:
-        limiter.record_failure(email, client_ip)
+        await limiter.record_failure(email, ip)
         return json_api_error(401, "invalid credentials", str(exc))
     except accounts.AccountDisabled as exc:
         return json_api_error(403, "account disabled", str(exc))
-    limiter.record_success(email)
+    await limiter.record_success(email)
     access, expires_in = auth.issue_access_token(settings, user)
     return _token_response(access, expires_in, await auth.issue_refresh_token(db, settings, user))
 
@@ -100,6 +135,8 @@ async def token_endpoint(request: Request) -> JSONResponse:
         if grant == "refresh_token":
             return await _refresh_grant(request, body)
         raise BadRequest(f"unsupported grant_type {grant!r}; use password or refresh_token")
+    except BodyTooLarge as exc:
+        return json_api_error(413, "body too large", str(exc))
     except BadRequest as exc:
         return json_api_error(400, "bad request", str(exc))
 

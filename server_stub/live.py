@@ -5,6 +5,8 @@ when the app has one, else through the in-process `LiveHub` below. The first fra
 `{"type": "ready"}` once the socket is subscribed; then `{"type": "position", …}` (a vehicle's
 newest fix of each ingested batch) and `{"type": "event", …}` (geofence enter/exit, overspeed).
 A client that falls `QUEUE_LIMIT` messages behind is closed with 1013 and should reconnect.
+A socket whose credential is revoked, disabled or reset is closed with 4401/4403 and the reason
+(server_stub/revocation.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.datastructures import State
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server_stub.auth import AuthError, require_tenant, resolve_token
+from server_stub.revocation import OpenSocket, registry
 from server_stub.sync_route import deny
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,8 @@ def publisher(state: State) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
 async def live_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
     token = websocket.query_params.get("token") or _bearer(websocket)
+    sockets = registry(state)
+    since = sockets.generation  # before resolving: a revocation from here on is not missed
     try:
         if not token:
             raise AuthError(401, "token required")
@@ -109,7 +114,12 @@ async def live_endpoint(websocket: WebSocket) -> None:
                     queue.get_nowait()
                     queue.put_nowait(None)  # tell the sender to close the socket
 
+    async def close(code: int, reason: str) -> None:
+        with contextlib.suppress(RuntimeError, OSError):
+            await websocket.close(code, reason)
+
     unsubscribe = bus(state).subscribe_live(tenant_id, deliver)
+    unregister = sockets.register(OpenSocket("live", tenant_id, who, token, close), since)
     try:
         await websocket.accept()
         await websocket.send_text('{"type":"ready"}')
@@ -123,6 +133,7 @@ async def live_endpoint(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
+        unregister()
         result = unsubscribe()
         if inspect.isawaitable(result):
             await result

@@ -28,14 +28,54 @@ _EVENT = {"type": "object", "properties": {
     "event_time": {"type": "string", "format": "date-time"}, "geofence_id": {"type": ["string", "null"]},
     "lon": {"type": "number"}, "lat": {"type": "number"}, "speed_kph": _NUMBER_OR_NULL,
     "attributes": {"type": "object"}}}
-_INGEST_RESULT = {"type": "object", "properties": {
-    "accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
-    "rejected": {"type": "array", "items": {"type": "object", "properties": {
-        "index": {"type": "integer"}, "reason": {"type": "string"}}}}}}
+_INGEST_RESULT: dict[str, Any] = {"type": "object", "required": ["accepted", "duplicates", "rejected"], "properties": {
+    "accepted": {"type": "integer", "minimum": 0}, "duplicates": {"type": "integer", "minimum": 0},
+    "rejected": {"type": "array", "items": {"type": "object", "required": ["index", "reason"], "properties": {
+        "index": {"type": "integer", "minimum": 0}, "reason": {"type": "string"}}}}}}
 
 
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/vnd.api+json": {"schema": _ERRORS}}}
+
+
+# Answers of every authenticated position endpoint.
+_AUTH = {"401": _error("no, bad or expired token"), "403": _error("the account may not do this")}
+# Answers of every endpoint that reads a body (capped while it streams in; gzip accepted).
+_BODY = {"413": _error("the body is over the endpoint's cap"), "415": _error("unsupported Content-Encoding")}
+_POSITION = {"type": "array", "prefixItems": [{"type": "number", "minimum": -180, "maximum": 180},
+                                              {"type": "number", "minimum": -90, "maximum": 90}],
+             "items": {"type": "number"}, "minItems": 2, "maxItems": 3}
+_RING = {"type": "array", "items": _POSITION, "minItems": 4}
+_FEATURE_GEOMETRY = {"oneOf": [
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"enum": ["Polygon"]}, "coordinates": {"type": "array", "items": _RING, "minItems": 1}}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"enum": ["MultiPolygon"]},
+        "coordinates": {"type": "array", "items": {"type": "array", "items": _RING, "minItems": 1}, "minItems": 1}}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"enum": ["Point"]}, "coordinates": _POSITION}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"enum": ["LineString"]}, "coordinates": {"type": "array", "items": _POSITION, "minItems": 2}}},
+]}
+_FEATURE = {"type": "object", "required": ["type", "geometry"], "properties": {
+    "type": {"enum": ["Feature"]}, "id": {"type": ["string", "number"], "description": "a string id becomes the "
+                                          "record id, so importing a file twice creates nothing new"},
+    "geometry": _FEATURE_GEOMETRY,
+    "properties": {"type": ["object", "null"], "description": "fields of the geofence or route (name, kind, …)"}}}
+_GEOJSON_UPLOAD = {"oneOf": [
+    {"type": "object", "required": ["type", "features"], "properties": {
+        "type": {"enum": ["FeatureCollection"]}, "features": {"type": "array", "items": _FEATURE, "maxItems": 5000}}},
+    _FEATURE,
+]}
+_IMPORT_RESULT = {"type": "object", "required": ["created", "rejected"], "properties": {
+    "created": {"type": "array", "items": {"type": "object", "required": ["index", "type", "id"], "properties": {
+        "index": {"type": "integer"}, "type": {"type": "string", "enum": ["geofences", "routes"]},
+        "id": {"type": "string"}}}},
+    "rejected": {"type": "array", "items": {"type": "object", "required": ["index", "reason"], "properties": {
+        "index": {"type": "integer"}, "reason": {"type": "string"},
+        "pointer": {"type": "string", "description": "RFC 6901, into the upload"}}}}}}
+_OSMAND_FORM = {"type": "object", "additionalProperties": {"type": "string"}, "properties": {
+    "id": {"type": "string"}, "lat": {"type": "string"}, "lon": {"type": "string"}}}
 
 
 def _query(name: str, description: str, schema: dict[str, Any] | None = None, required: bool = False
@@ -61,10 +101,10 @@ def paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {_JSON: {"schema": {
                     "type": "object", "required": ["positions"],
                     "properties": {"positions": {"type": "array", "items": _FIX}}}}}},
-                "responses": {"200": {"description": "counts; each refused fix with its reason",
+                "responses": {"200": {"description": "counts; each refused fix with its reason (a value the "
+                                                     "system cannot store names its JSON pointer)",
                                       "content": {_JSON: {"schema": _INGEST_RESULT}}},
-                              "400": _error("not a batch"), "401": _error("no or bad token"),
-                              "403": _error("may not upload positions"), "413": _error("body or batch too large")},
+                              "400": _error("not a batch"), **_AUTH, **_BODY},
             },
             "get": {
                 "summary": "Fixes of a vehicle in a time range (the plan's retention applies)",
@@ -79,7 +119,7 @@ def paths() -> dict[str, Any]:
                     "application/geo+json": {"schema": {"type": "object"}},
                     "application/gpx+xml": {"schema": {"type": "string"}},
                     "text/csv": {"schema": {"type": "string"}}}},
-                    "400": _error("bad parameter"), "401": _error("no or bad token")},
+                    "400": _error("bad parameter"), **_AUTH},
             },
         },
         "/api/v1/events": {"get": {
@@ -88,7 +128,7 @@ def paths() -> dict[str, Any]:
                            _query("kind", "only this kind", {"type": "string", "enum": list(EVENT_KINDS)})],
             "responses": {"200": {"description": "events in time order", "content": {_JSON: {"schema": {
                 "type": "object", "properties": {"data": {"type": "array", "items": _EVENT}}}}}},
-                "400": _error("bad parameter")},
+                "400": _error("bad parameter"), **_AUTH},
         }},
         "/api/v1/osmand": {
             method: {
@@ -100,37 +140,49 @@ def paths() -> dict[str, Any]:
                                _query("speed", "knots"), _query("bearing", "degrees (or heading)"),
                                _query("altitude", "metres"), _query("accuracy", "metres"),
                                _query("batt", "battery %; any other parameter is kept as an attribute")],
-                "responses": {"200": {"description": "stored (or a duplicate)"}, "400": _error("bad position"),
+                **({"requestBody": {"required": False, "content": {
+                    "application/x-www-form-urlencoded": {"schema": _OSMAND_FORM},
+                    _JSON: {"schema": {"type": "object", "description": "Traccar Client JSON: device_id and "
+                                       "location.coords.latitude/longitude, timestamp, …"}}}}}
+                   if method == "post" else {}),
+                "responses": {"200": {"description": "stored (or a duplicate)", "content": {_JSON: {"schema": {
+                                  "type": "object", "required": ["accepted", "duplicates"], "properties": {
+                                      "accepted": {"type": "integer"}, "duplicates": {"type": "integer"}}}}}},
+                              "400": _error("bad position"),
                               "403": _error("account disabled"), "404": _error("unknown device"),
-                              "409": _error("device id registered more than once")},
+                              "409": _error("device id registered more than once"), **_BODY},
             } for method in ("get", "post")
         },
         "/api/v1/reports/trips": {"get": {
             "summary": "Trips (>= 500 m and >= 300 s between stops)",
             "parameters": [_query("vehicle_id", "the vehicle", required=True), *_RANGE],
             "responses": {"200": {"description": "trips", "content": {_JSON: {"schema": report}}},
-                          "400": _error("bad parameter")},
+                          "400": _error("bad parameter"), "404": _error("no such vehicle"), **_AUTH},
         }},
         "/api/v1/reports/stops": {"get": {
             "summary": "Stops (>= 300 s below 3.7 km/h)",
             "parameters": [_query("vehicle_id", "the vehicle", required=True), *_RANGE],
             "responses": {"200": {"description": "stops", "content": {_JSON: {"schema": report}}},
-                          "400": _error("bad parameter")},
+                          "400": _error("bad parameter"), "404": _error("no such vehicle"), **_AUTH},
         }},
         "/api/v1/import/gpx": {"post": {
             "summary": "Import the track points of a GPX file as a vehicle's positions",
             "parameters": [_query("vehicle_id", "the vehicle", required=True)],
             "requestBody": {"required": True, "content": {"application/gpx+xml": {"schema": {"type": "string"}}}},
-            "responses": {"200": {"description": "ingest counts", "content": {_JSON: {"schema": _INGEST_RESULT}}},
-                          "400": _error("not GPX"), "404": _error("no such vehicle")},
+            "responses": {"200": {"description": "ingest counts", "content": {_JSON: {"schema": {
+                              **_INGEST_RESULT, "required": [*_INGEST_RESULT["required"], "points"], "properties": {
+                                  **_INGEST_RESULT["properties"], "points": {"type": "integer", "minimum": 0}}}}}},
+                          "400": _error("not GPX"), "404": _error("no such vehicle"), **_AUTH, **_BODY},
         }},
         "/api/v1/import/geojson": {"post": {
             "summary": "Import a FeatureCollection: polygons (or points with radius_m) as geofences, lines as routes",
             "parameters": [_query("collection", "import everything as this collection",
                                   {"type": "string", "enum": ["geofences", "routes"]})],
-            "requestBody": {"required": True, "content": {"application/geo+json": {"schema": {"type": "object"}}}},
-            "responses": {"201": {"description": "records created; each refused feature with its reason"},
-                          "200": {"description": "nothing created"}, "400": _error("not GeoJSON"),
-                          "403": _error("may not change fleet data")},
+            "requestBody": {"required": True, "content": {"application/geo+json": {"schema": _GEOJSON_UPLOAD},
+                                                          _JSON: {"schema": _GEOJSON_UPLOAD}}},
+            "responses": {"201": {"description": "records created; each refused feature with its reason",
+                                  "content": {_JSON: {"schema": _IMPORT_RESULT}}},
+                          "200": {"description": "nothing created", "content": {_JSON: {"schema": _IMPORT_RESULT}}},
+                          "400": _error("not GeoJSON"), **_AUTH, **_BODY},
         }},
     }

@@ -1,11 +1,13 @@
 """`GET,POST /api/v1/osmand`: the OsmAnd / Traccar Client phone protocol.
 
 No token: the device id (`id` or `deviceid`) is the credential. It must be the `device_id` of a
-vehicle; the vehicle names the tenant. A device id registered in two tenants is refused (409)
-rather than guessed. Parameters come from the query string, a form body, or the JSON body the
-newer Traccar Client posts. `speed` is in knots, as Traccar reads it; `timestamp` is Unix
-seconds, Unix milliseconds or ISO 8601 (the server's clock when absent). Every other parameter
-is kept in the fix's attributes.
+vehicle; the vehicle names the tenant. Device ids are unique across the server (server_stub/
+devices.py): the tenant holding the id's claim gets the fix. Every id that cannot be used (not
+registered, held by no single tenant, on several vehicles, its tenant disabled) gets the same
+404, so a stranger cannot probe which ids exist. Parameters come from the query string, a form
+body, or the JSON body the newer Traccar Client posts. `speed` is in knots, as Traccar reads
+it; `timestamp` is Unix seconds, Unix milliseconds or ISO 8601 (the server's clock when
+absent). Every other parameter is kept in the fix's attributes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server_stub import devices
 from server_stub.exports import KNOT_KPH, MPS_KPH
-from server_stub.http_util import ApiError, error_response, json_ok, read_body, service
+from server_stub.http_util import ApiError, error_response, json_ok, parse_json, read_body, service
+from sync.values import ValuePolicyError, check_fields
 
 MAX_OSMAND_BODY = 64 * 1024
 _KNOWN = {"id", "deviceid", "lat", "lon", "location", "timestamp", "speed", "bearing", "heading", "altitude",
@@ -99,16 +102,21 @@ async def _params(request: Request) -> dict[str, str]:
         return params
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or body.lstrip().startswith(b"{"):
-        try:
-            decoded = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "bad body", "the body is not valid JSON") from None
-        params.update(_from_traccar_json(decoded))
+        params.update(_from_traccar_json(parse_json(body)))
     else:  # application/x-www-form-urlencoded, or a bare query string in the body
         try:
             params.update(parse_qsl(body.decode(), keep_blank_values=True))
         except UnicodeDecodeError:
             raise ApiError(400, "bad body", "the form body is not UTF-8") from None
+    return params
+
+
+def _checked(params: dict[str, str]) -> dict[str, str]:
+    """Query strings and forms can carry %00 and overlong values too: the policy of every body."""
+    try:
+        check_fields(params)
+    except ValuePolicyError as exc:
+        raise ApiError(400, "bad parameter", exc.reason, exc.pointer) from None
     return params
 
 
@@ -141,25 +149,18 @@ def fix_from_params(params: dict[str, str], now: float) -> dict[str, Any]:
 
 async def osmand_endpoint(request: Request) -> Response:
     try:
-        params = await _params(request)
+        params = _checked(await _params(request))
         device_id = params.get("id") or params.get("deviceid")
         if not device_id:
             raise ApiError(400, "bad parameter", "id (the device id) is required")
         fix = fix_from_params(params, time.time())
         positions = service(request)
-        owners = await positions.device_owners(device_id)
-        if not owners:
+        db = request.app.state.db
+        found = await devices.holder(db, device_id)
+        if found is None or await db.fetchval("SELECT disabled FROM customers WHERE id = ?", (found[0],)):
             raise ApiError(404, "unknown device",
                            f"device id {device_id!r} is not registered; set it as a vehicle's device_id first")
-        if len({tenant for tenant, _ in owners}) > 1:
-            raise ApiError(409, "ambiguous device",
-                           f"device id {device_id!r} is registered in more than one account; nothing was stored")
-        if len(owners) > 1:
-            raise ApiError(409, "ambiguous device",
-                           f"device id {device_id!r} is registered on several vehicles; nothing was stored")
-        tenant_id, vehicle_id = owners[0]
-        if await request.app.state.db.fetchval("SELECT disabled FROM customers WHERE id = ?", (tenant_id,)):
-            raise ApiError(403, "account disabled", "the account this device belongs to is disabled")
+        tenant_id, vehicle_id = found
         fix.update(vehicle_id=vehicle_id, device_id=device_id)
         result = await positions.ingest(tenant_id, [fix])
         if result.rejected:

@@ -24,6 +24,7 @@ from typing import Literal
 
 from server_stub.db.base import Database, Queries, Tx, time_param, utcnow
 from server_stub.db.schema_pg import tenant_rls_sql
+from server_stub.db.schema_positions import TIMESCALE_TENANT_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ async def storage_mode(db: Queries) -> StorageMode:
     ):
         return "timescale"
     return "plain"
+
+
+def positions_relation(mode: StorageMode) -> str:
+    """What the app role reads and writes fixes through: TimescaleDB cannot combine row-level
+    security with compression, so on a hypertable it is the tenant view (schema_positions)."""
+    return TIMESCALE_TENANT_VIEW if mode == "timescale" else PARENT
 
 
 async def _as_owner(tx: Tx) -> None:

@@ -11,7 +11,7 @@ from pycrdt import merge_updates
 
 from server_stub.db.base import Database, time_param
 from sync.mirror import doc_from_updates, state_vector
-from sync.room import StoredUpdate
+from sync.room import NEVER_CAUGHT, StoredUpdate, describe
 
 
 class CompactionNotLossless(RuntimeError):
@@ -96,8 +96,14 @@ class DatabasePersistence:
                 return CompactionReport(0, start, len(base[0]) if base else 0)
             upto = int(rows[-1]["seq"])
             history = base + [bytes(row["payload"]) for row in rows]
-            merged = merge_updates(*history)
-            before, after = doc_from_updates(history), doc_from_updates([merged])
+            try:
+                merged = merge_updates(*history)
+                before, after = doc_from_updates(history), doc_from_updates([merged])
+            except BaseException as exc:  # a stored update pycrdt refuses (or panics on)
+                if isinstance(exc, NEVER_CAUGHT):
+                    raise
+                raise CompactionNotLossless(
+                    f"the log of {room} up to {upto} cannot be merged: {describe(exc)}") from None
             if before.snapshot() != after.snapshot() or state_vector(before) != state_vector(after):
                 raise CompactionNotLossless(f"merging the log of {room} up to {upto} changed the document")
             now = time_param(self.db, datetime.now(UTC))

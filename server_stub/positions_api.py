@@ -23,13 +23,16 @@ from server_stub.db.base import Database
 from server_stub.exports import to_csv, to_geojson, to_gpx, to_json
 from server_stub.http_util import (
     ApiError,
+    content_disposition,
     error_response,
+    ingest_checked,
     int_param,
     json_ok,
     principal,
     read_body,
     service,
     tenant_of,
+    text_param,
     time_range,
 )
 from server_stub.positions import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, BatchTooLarge, PositionService, iso
@@ -52,6 +55,7 @@ async def ingest_positions(request: Request) -> Response:
         tenant = tenant_of(request, who)
         body = await read_body(request)
         try:
+            # orjson, without the whole-body policy: each fix gets it, so one bad fix is one rejection.
             payload: Any = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "bad body", f"the body is not valid JSON: {exc}") from None
@@ -59,7 +63,7 @@ async def ingest_positions(request: Request) -> Response:
         if not isinstance(batch, list):
             raise ApiError(400, "bad body", 'expected {"positions": [{…}, …]}')
         try:
-            result = await service(request).ingest(tenant, batch)
+            result = await ingest_checked(service(request), tenant, batch)
         except BatchTooLarge as exc:
             raise ApiError(413, "batch too large", str(exc)) from None
     except (ApiError, AuthError) as exc:
@@ -74,7 +78,7 @@ async def read_positions(request: Request) -> Response:
         fmt = request.query_params.get("format", "json")
         if fmt not in FORMATS:
             raise ApiError(400, "bad parameter", f"format must be one of {', '.join(FORMATS)}")
-        vehicle_id = request.query_params.get("vehicle_id") or None
+        vehicle_id = text_param(request, "vehicle_id")
         if vehicle_id is None and fmt == "gpx":
             raise ApiError(400, "bad parameter", "vehicle_id is required for GPX (one track per vehicle)")
         start, end = time_range(request)
@@ -92,11 +96,11 @@ async def read_positions(request: Request) -> Response:
         return Response(to_geojson(fixes), media_type="application/geo+json", headers=headers)
     if fmt == "gpx":
         name = (vehicle or {}).get("name") or vehicle_id or "track"
-        headers["Content-Disposition"] = f'attachment; filename="{stem}.gpx"'
+        headers["Content-Disposition"] = content_disposition(f"{stem}.gpx")
         return Response(to_gpx(fixes, name=str(name), created=time.time()), media_type="application/gpx+xml",
                         headers=headers)
     if fmt == "csv":
-        headers["Content-Disposition"] = f'attachment; filename="{stem}.csv"'
+        headers["Content-Disposition"] = content_disposition(f"{stem}.csv")
         return Response(to_csv(fixes), media_type="text/csv; charset=utf-8", headers=headers)
     meta = {"count": len(fixes), "limit": limit, "truncated": truncated, "from": iso(start), "to": iso(end)}
     return Response(to_json(fixes, meta), media_type="application/json", headers=headers)
@@ -111,8 +115,8 @@ async def read_events(request: Request) -> Response:
             raise ApiError(400, "bad parameter", f"kind must be one of {', '.join(EVENT_KINDS)}")
         start, end = time_range(request)
         limit = int_param(request, "limit", DEFAULT_QUERY_LIMIT, 1, MAX_QUERY_LIMIT)
-        events = await service(request).events(tenant, request.query_params.get("vehicle_id") or None, start, end,
-                                               kind, limit + 1)
+        events = await service(request).events(tenant, text_param(request, "vehicle_id"), start, end, kind,
+                                               limit + 1)
     except (ApiError, AuthError) as exc:
         return error_response(exc)
     return json_ok({"data": events[:limit], "meta": {"count": min(len(events), limit), "truncated": len(events) > limit,

@@ -18,7 +18,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server_stub.auth import AuthError
-from server_stub.http_util import ApiError, error_response, json_ok, principal, service, tenant_of, time_range
+from server_stub.http_util import (
+    ApiError,
+    error_response,
+    json_ok,
+    principal,
+    service,
+    tenant_of,
+    text_param,
+    time_range,
+)
 from server_stub.positions import MAX_QUERY_LIMIT, Fix, iso
 from storage.geometry import EARTH_RADIUS_M
 
@@ -139,7 +148,7 @@ async def _report(request: Request, kind: str) -> Response:
     try:
         who = await principal(request)
         tenant = tenant_of(request, who)
-        vehicle_id = request.query_params.get("vehicle_id")
+        vehicle_id = text_param(request, "vehicle_id")  # NUL and friends: 400, not a database error
         if not vehicle_id:
             raise ApiError(400, "bad parameter", "vehicle_id is required")
         start, end = time_range(request)

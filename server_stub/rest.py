@@ -7,44 +7,49 @@ desktop edit; the response waits until the projection shows the change.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server_stub import devices
 from server_stub.auth import AuthError, Principal
 from server_stub.http_auth import json_api_error, principal_from_request
+from server_stub.http_util import (
+    MAX_PAGE_NUMBER,
+    MAX_RECORD_BODY_BYTES,
+    ApiError,
+    read_json,
+    tenant_id_param,
+    transact,
+)
 from storage.repository import BadBBox, check_bbox
 from sync.document import FleetDocument
 from sync.schema import COLLECTIONS
 from sync.services import RecordNotFound, create_record, delete_record, update_record
 from sync.validation import ValidationError
+from sync.values import ValuePolicyError, check_fields, check_record_id, check_string
 
 JSON_API = "application/vnd.api+json"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-PROJECTION_WAIT_SECONDS = 10.0
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, title: str, detail: str, pointer: str | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.title, self.detail, self.pointer = status, title, detail, pointer
+# The REST layer's name for a request-level failure (one shape with http_util's).
+BadRequest = ApiError
 
 
 def _respond(payload: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(payload, status_code=status, media_type=JSON_API)
 
 
-def _error(exc: BadRequest) -> JSONResponse:
-    body: dict[str, Any] = {"status": str(exc.status), "title": exc.title, "detail": exc.detail}
-    if exc.pointer:
-        body["source"] = {"pointer": exc.pointer}
-    return JSONResponse({"errors": [body]}, status_code=exc.status, media_type=JSON_API)
+def _error(exc: ApiError) -> JSONResponse:
+    return exc.response()
 
 
 def _validation_error(exc: ValidationError) -> JSONResponse:
@@ -63,7 +68,15 @@ def tenant_of(request: Request, principal: Principal) -> str:
     tenant = request.headers.get("x-tenant-id") or request.query_params.get("tenant")
     if not tenant:
         raise BadRequest(400, "tenant required", "platform admins name the tenant with the X-Tenant-Id header")
-    return tenant
+    try:
+        return tenant_id_param(tenant)
+    except ApiError as exc:
+        raise BadRequest(exc.status, exc.title, exc.detail) from None
+
+
+def _link(base: str, collection: str, record_id: str) -> str:
+    # Percent-encoded: the link also goes into the Location header, which must be plain ASCII.
+    return f"{base}/api/v1/{collection}/{quote(record_id, safe=':~')}"
 
 
 def _resource(collection: str, row: dict[str, Any], base: str) -> dict[str, Any]:
@@ -73,7 +86,7 @@ def _resource(collection: str, row: dict[str, Any], base: str) -> dict[str, Any]
         "id": row["id"],
         "attributes": data,
         "meta": {"projection_error": row.get("projection_error"), "valid": row.get("projection_error") is None},
-        "links": {"self": f"{base}/api/v1/{collection}/{row['id']}"},
+        "links": {"self": _link(base, collection, row["id"])},
     }
 
 
@@ -83,8 +96,9 @@ def _page(request: Request) -> tuple[int, int]:
         number = int(request.query_params.get("page[number]", 1))
     except ValueError:
         raise BadRequest(400, "bad paging", "page[size] and page[number] must be whole numbers") from None
-    if not 1 <= size <= MAX_PAGE_SIZE or number < 1:
-        raise BadRequest(400, "bad paging", f"page[size] must be 1..{MAX_PAGE_SIZE} and page[number] at least 1")
+    if not 1 <= size <= MAX_PAGE_SIZE or not 1 <= number <= MAX_PAGE_NUMBER:
+        raise BadRequest(400, "bad paging",
+                         f"page[size] must be 1..{MAX_PAGE_SIZE} and page[number] 1..{MAX_PAGE_NUMBER}")
     return size, number
 
 
@@ -111,12 +125,12 @@ def _filters(request: Request, collection: str, dialect: str) -> tuple[list[str]
     if since is not None:
         try:
             when = datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
+            # updated_at is stored as ISO 8601 UTC text with milliseconds and "Z" (sync.services.utc_now),
+            # so text order is time order only once the filter is spelled the same way: any offset, whole
+            # seconds or a naive time (taken as UTC) would otherwise compare as a string.
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        except (ValueError, OverflowError):  # OverflowError: an offset pushes year 1 or 9999 out of range
             raise BadRequest(400, "bad filter", "filter[updated_since] must be an ISO 8601 date-time") from None
-        # updated_at is stored as ISO 8601 UTC text with milliseconds and "Z" (sync.services.utc_now),
-        # so text order is time order only once the filter is spelled the same way: any offset, whole
-        # seconds or a naive time (taken as UTC) would otherwise compare as a string.
-        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
         where.append("updated_at >= ?")
         params.append(when.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
     return where, params
@@ -147,6 +161,17 @@ def _collection(request: Request) -> str:
     if collection not in COLLECTIONS:
         raise BadRequest(404, "not found", f"no resource type {collection!r}")
     return collection
+
+
+def _path_id(request: Request, collection: str) -> str:
+    """The record id in the URL. Ids a record can have are plain ASCII (sync.values.ID_PATTERN);
+    anything a database cannot even hold (NUL, lone surrogates) names no record and is not looked up."""
+    record_id = str(request.path_params["record_id"])
+    try:
+        check_string(record_id, "/id", limit=1024)
+    except ValuePolicyError:
+        raise BadRequest(404, "not found", f"no {collection} with that id") from None
+    return record_id
 
 
 async def _fetch_row(request: Request, tenant: str, collection: str, record_id: str) -> dict[str, Any] | None:
@@ -194,7 +219,7 @@ async def get_resource(request: Request) -> Response:
         collection = _collection(request)
         principal = await _principal(request, write=False)
         tenant = tenant_of(request, principal)
-        row = await _fetch_row(request, tenant, collection, request.path_params["record_id"])
+        row = await _fetch_row(request, tenant, collection, _path_id(request, collection))
     except BadRequest as exc:
         return _error(exc)
     except AuthError as exc:
@@ -205,10 +230,13 @@ async def get_resource(request: Request) -> Response:
 
 
 async def _body(request: Request, collection: str, record_id: str | None) -> dict[str, Any]:
+    """The JSON:API resource object of a write, checked against the value policy before anything
+    reaches the document: a value pycrdt cannot hold (a lone surrogate, an integer beyond 64 bits)
+    would otherwise panic inside the room's write loop and stop the tenant's writes."""
     try:
-        payload = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest(400, "bad body", "the body must be a JSON:API document") from None
+        payload = await read_json(request, MAX_RECORD_BODY_BYTES)
+    except ApiError as exc:
+        raise BadRequest(exc.status, exc.title, exc.detail, exc.pointer) from None
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, dict) or not isinstance(data.get("attributes", {}), dict):
         raise BadRequest(400, "bad body", "expected {\"data\": {\"type\": …, \"attributes\": {…}}}", "/data")
@@ -216,15 +244,32 @@ async def _body(request: Request, collection: str, record_id: str | None) -> dic
         raise BadRequest(409, "type mismatch", f"data.type must be {collection!r}", "/data/type")
     if record_id is not None and data.get("id") not in (None, record_id):
         raise BadRequest(409, "id mismatch", "data.id must match the URL", "/data/id")
+    try:
+        if record_id is None and data.get("id") is not None:
+            # A client-chosen id ends up in URLs and the Location header: refuse it before the commit.
+            check_record_id(data["id"], "/data/id")
+        # read_json already held the whole document to the policy; this is the record-level rule
+        # (field names included) the sync socket applies, kept explicit in case the parse changes.
+        check_fields(data.get("attributes", {}), "/data/attributes")
+    except ValuePolicyError as exc:
+        raise BadRequest(400 if exc.pointer == "/data/id" else 422, "value not allowed", exc.reason,
+                         exc.pointer) from None
     return data
 
 
+async def _claim_device(request: Request, collection: str, tenant: str, data: dict[str, Any]) -> None:
+    """A vehicle's device id must not be one another tenant holds (server_stub/devices.py)."""
+    attributes = data.get("attributes")
+    if collection == "vehicles" and isinstance(attributes, dict) and "device_id" in attributes:
+        try:
+            await devices.claim(request.app.state.db, tenant, attributes["device_id"])
+        except devices.DeviceTaken as exc:
+            raise BadRequest(409, "device id taken", str(exc), "/data/attributes/device_id") from None
+
+
 async def _write(request: Request, collection: str, tenant: str, principal: Principal,
-                 action: Any) -> Any:
-    room = await request.app.state.rooms.get(tenant)
-    result = await room.transact(action, user_id=principal.user_id or principal.api_key_id)
-    await asyncio.wait_for(request.app.state.projector.flush(), PROJECTION_WAIT_SECONDS)
-    return result
+                 action: Callable[[FleetDocument], object]) -> object:
+    return await transact(request, tenant, principal, action)
 
 
 async def create_resource(request: Request) -> Response:
@@ -233,9 +278,8 @@ async def create_resource(request: Request) -> Response:
         principal = await _principal(request, write=True)
         tenant = tenant_of(request, principal)
         data = await _body(request, collection, None)
+        await _claim_device(request, collection, tenant, data)
         requested_id = data.get("id")
-        if requested_id is not None and not isinstance(requested_id, str):
-            raise BadRequest(400, "bad id", "data.id must be a string", "/data/id")
 
         def action(document: FleetDocument) -> str:
             return create_record(document, collection, data.get("attributes", {}), record_id=requested_id)
@@ -261,8 +305,9 @@ async def update_resource(request: Request) -> Response:
         collection = _collection(request)
         principal = await _principal(request, write=True)
         tenant = tenant_of(request, principal)
-        record_id = str(request.path_params["record_id"])
+        record_id = _path_id(request, collection)
         data = await _body(request, collection, record_id)
+        await _claim_device(request, collection, tenant, data)
 
         def action(document: FleetDocument) -> None:
             update_record(document, collection, record_id, data.get("attributes", {}))
@@ -286,7 +331,7 @@ async def delete_resource(request: Request) -> Response:
         collection = _collection(request)
         principal = await _principal(request, write=True)
         tenant = tenant_of(request, principal)
-        record_id = str(request.path_params["record_id"])
+        record_id = _path_id(request, collection)
 
         def action(document: FleetDocument) -> None:
             delete_record(document, collection, record_id)

@@ -2,6 +2,9 @@
 
 pycrdt-websocket's ASGIServer answers a rejection with HTTP 500, so authentication lives here
 in a Starlette route: a bad or expired token gets 401, another tenant's token 403, never a 500.
+An accepted socket is registered with its credential (server_stub/revocation.py): when that
+credential is revoked, disabled or reset the socket is closed with 4401/4403 and the reason;
+when the user is demoted it turns read-only.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import logging
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server_stub.auth import AuthError, require_tenant, resolve_token
+from server_stub.auth import AuthError, Principal, require_tenant, resolve_token
+from server_stub.revocation import OpenSocket, registry
+from server_stub.rooms import RoomUnavailable
 from sync.channel import ChannelClosed
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,8 @@ async def sync_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
     tenant_id = websocket.path_params["tenant_id"]
     token = websocket.query_params.get("token") or _bearer(websocket)
+    sockets = registry(state)
+    since = sockets.generation  # before resolving: a revocation from here on is not missed
     try:
         if not token:
             raise AuthError(401, "token required")
@@ -74,13 +81,33 @@ async def sync_endpoint(websocket: WebSocket) -> None:
         await deny(websocket, exc.status, exc.reason)
         return
     await websocket.accept()
-    room = await state.rooms.get(tenant_id)
-    await room.serve(
-        StarletteChannel(websocket),
-        user_id=principal.user_id or principal.api_key_id,
-        can_write=principal.can_write_fleet,
-        acks=websocket.query_params.get("acks") == "1",
-    )
+    try:
+        room = await state.rooms.get(tenant_id)
+    except RoomUnavailable:  # this tenant's log cannot load (see /admin/sync); the client retries
+        await websocket.close(code=1011, reason="tenant data unavailable, retrying")
+        return
+    channel = StarletteChannel(websocket)
+
+    def role_changed(now: Principal) -> None:
+        # Still signed in, with another role: a demoted writer's updates are ignored from now on
+        # (the room answers the next one with its read-only notice), a promoted one may write.
+        for connection in room.connections:
+            if connection.channel is channel:
+                connection.can_write = now.can_write_fleet
+                connection.denied_notice_sent = False
+
+    unregister = sockets.register(OpenSocket("sync", tenant_id, principal, token, channel.close, role_changed), since)
+    try:
+        # No await between register() and serve() creating the room connection: a role change
+        # handled meanwhile could not find it.
+        await room.serve(
+            channel,
+            user_id=principal.user_id or principal.api_key_id,
+            can_write=principal.can_write_fleet,
+            acks=websocket.query_params.get("acks") == "1",
+        )
+    finally:
+        unregister()
 
 
 def _bearer(websocket: WebSocket) -> str | None:

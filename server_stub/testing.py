@@ -15,7 +15,8 @@ import uvicorn
 from server_stub import accounts
 from server_stub.app import create_app
 from server_stub.auth import issue_access_token
-from server_stub.config import Settings
+from server_stub.cli import uvicorn_log_config, uvicorn_proxy_options
+from server_stub.config import DEVELOPMENT, Settings
 from server_stub.db import open_database
 from server_stub.db.migrations import migrate
 
@@ -39,8 +40,11 @@ class LiveServer:
 
     def start(self) -> None:
         app = create_app(self.settings)
+        # Logging and proxy handling as `webhost-server serve` has them: tokens scrubbed from the
+        # logs, X-Forwarded-For believed only from settings.trusted_proxies.
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                ws_max_size=self.settings.max_message_bytes * 2, ws_ping_interval=None)
+                                ws_max_size=self.settings.max_message_bytes * 2, ws_ping_interval=None,
+                                log_config=uvicorn_log_config(), **uvicorn_proxy_options(self.settings))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="live-server", daemon=True)
         self._thread.start()
@@ -77,7 +81,7 @@ class Tenant:
 
 
 async def _provision(settings: Settings, name: str) -> Tenant:
-    db = await open_database(settings.database_url)
+    db = await open_database(settings.database_url, timescale=settings.timescale)
     try:
         await migrate(db)
         tenant = await accounts.create_tenant(db, name, "pro")
@@ -98,4 +102,6 @@ def provision_tenant(settings: Settings, name: str = "Acme Logistics") -> Tenant
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:
-    return replace(Settings(database_url=database_url, secret_key="test-secret-" + "s" * 40), **overrides)
+    """Settings of a test server: development mode, said explicitly, with a fixed secret."""
+    settings = Settings(database_url=database_url, secret_key="test-secret-" + "s" * 40, environment=DEVELOPMENT)
+    return replace(settings, **overrides)

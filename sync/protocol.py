@@ -16,6 +16,9 @@ from enum import IntEnum
 from pycrdt import YMessageType, YSyncMessageType, create_sync_message, write_var_uint
 from pycrdt import get_state as update_state_vector
 
+from sync.values import ValuePolicyError
+from sync.yupdate import MalformedUpdate, check_update
+
 __all__ = [
     "MSG_ACK", "AckKind", "Message", "MessageKind", "ProtocolError", "ack_committed", "ack_hello",
     "awareness_message", "create_sync_message", "parse", "permission_denied", "sync_step1", "sync_step2",
@@ -166,7 +169,16 @@ def parse(frame: bytes) -> Message:
 
 
 def validate_update(update: bytes) -> None:
-    """Raise ProtocolError unless the bytes decode as a Yjs update (checked before any merge)."""
+    """Raise ProtocolError unless the bytes decode as a Yjs update whose content the value policy
+    allows (checked before any merge: sync/yupdate.py, docs/sync.md)."""
+    # Our own reader first: yrs decodes nested values recursively, so a hostile nesting depth
+    # would overflow its stack (a segfault, not an exception) before any check could run.
+    try:
+        check_update(update)
+    except ValuePolicyError as exc:
+        raise ProtocolError(f"refused before merge: {exc}") from exc
+    except MalformedUpdate as exc:
+        raise ProtocolError(f"update does not decode: {exc}") from exc
     try:
         update_state_vector(update)
     except Exception as exc:

@@ -14,6 +14,7 @@ from sync.document import FleetDocument, Record
 from sync.mirror import Mirror
 from sync.schema import COLLECTIONS, DEFAULTS, new_record_id
 from sync.validation import Problem, ValidationError, validate_record
+from sync.values import ValuePolicyError, check_fields, check_record_id
 
 READ_ONLY_FIELDS = ("created_at",)
 
@@ -39,6 +40,19 @@ def _check_collection(collection: str) -> None:
         raise ValidationError(collection, [Problem("(collection)", f"must be one of {', '.join(COLLECTIONS)}")])
 
 
+def _check_storable(collection: str, fields: Mapping[str, Any], new_id: str | None = None) -> None:
+    """The value policy (sync/values.py), as a ValidationError: the sync socket refuses such
+    content before merge, so a local or REST edit must never produce it. Only new records get
+    the id rules: an existing record keeps the id it has."""
+    try:
+        if new_id is not None:
+            check_record_id(new_id, "/id")
+        check_fields(fields)
+    except ValuePolicyError as exc:
+        field = exc.pointer.lstrip("/").split("/", 1)[0] or "(record)"
+        raise ValidationError(collection, [Problem(field, f"{exc.reason} (at {exc.pointer})")]) from exc
+
+
 def _check_device_unique(document: FleetDocument, record_id: str, record: Mapping[str, Any]) -> None:
     device_id = record.get("device_id")
     if not isinstance(device_id, str) or not device_id:
@@ -60,6 +74,7 @@ def create_record(document: FleetDocument, collection: str, fields: Mapping[str,
     record: dict[str, Any] = {**DEFAULTS.get(collection, {}), **{k: v for k, v in fields.items() if v is not None}}
     record.setdefault("created_at", stamp)
     record["updated_at"] = stamp
+    _check_storable(collection, record, new_id=record_id)
     validate_record(collection, record)
     if collection == "vehicles":
         _check_device_unique(document, record_id, record)
@@ -81,6 +96,7 @@ def update_record(document: FleetDocument, collection: str, record_id: str, chan
     merged = {**current, **changes}
     merged = {k: v for k, v in merged.items() if v is not None}
     merged["updated_at"] = now or utc_now()
+    _check_storable(collection, {k: v for k, v in changes.items() if v is not None})
     validate_record(collection, merged)
     if collection == "vehicles":
         _check_device_unique(document, record_id, merged)

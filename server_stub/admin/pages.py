@@ -8,19 +8,17 @@ from typing import Any
 from starlette.responses import Response
 
 from server_stub import accounts
+from server_stub import devices as device_ids
 from server_stub.accounts import AccountError, User
 from server_stub.admin import session as sessions
 from server_stub.admin.web import PREFIX, Ctx, Refused, page, revoked, safe_next, session_user
 from server_stub.auth import RateLimited
+from server_stub.http_auth import client_ip
+from server_stub.revocation import credentials_changed
 from sync.services import RecordNotFound, update_record
 from sync.validation import ValidationError
 
 PROJECTION_WAIT_SECONDS = 10.0
-
-
-def _client_ip(ctx: Ctx) -> str:
-    client = ctx.request.client
-    return client.host if client else "unknown"
 
 
 # -- sign-in ---------------------------------------------------------------------------------
@@ -39,7 +37,7 @@ async def login(ctx: Ctx) -> Response:
     email, password = ctx.field("email"), ctx.form.get("password", "")
     target = safe_next(ctx.field("next"))
     limiter = ctx.request.app.state.rate_limiter
-    ip = _client_ip(ctx)
+    ip = client_ip(ctx.request)
 
     def again(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         ctx.session.flash("error", message)
@@ -48,17 +46,17 @@ async def login(ctx: Ctx) -> Response:
     if not email or not password:
         return again(400, "Enter your email and password.")
     try:
-        limiter.check(email, ip)
+        await limiter.check(email, ip)
     except RateLimited as exc:
         raise Refused(429, "Too many attempts", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     try:
         user = await accounts.authenticate(ctx.db, email, password)
     except accounts.InvalidCredentials:
-        limiter.record_failure(email, ip)
+        await limiter.record_failure(email, ip)
         return again(401, "Wrong email or password.")
     except accounts.AccountDisabled as exc:
         raise Refused(403, "Account disabled", str(exc)) from None
-    limiter.record_success(email)
+    await limiter.record_success(email)
     if user.role not in ("platform_admin", "admin"):
         raise Refused(403, "Not allowed", "Only platform and tenant administrators can use the admin page. "
                       "Dispatchers and field staff use the desktop application.")
@@ -117,6 +115,7 @@ async def set_plan(ctx: Ctx) -> Response:
 async def disable_tenant(ctx: Ctx) -> Response:
     disabled = ctx.field("disabled", "1") != "0"
     tenant = await accounts.disable_tenant(ctx.db, ctx.tenant_id, disabled)
+    await credentials_changed(ctx.request.app.state, tenant_id=tenant.id)  # its open sockets close now
     state = "disabled: its users can no longer sign in" if disabled else "enabled again"
     return ctx.redirect("/tenants", "ok", f"{tenant.name} is {state}.")
 
@@ -174,6 +173,7 @@ async def set_role(ctx: Ctx) -> Response:
     if role not in accounts.TENANT_ROLES:
         return ctx.redirect(back, "error", f"Choose one of the roles {', '.join(accounts.TENANT_ROLES)}.")
     user = await accounts.set_role(ctx.db, target.id, role)
+    await credentials_changed(ctx.request.app.state, user_id=user.id)  # a demoted writer's sockets turn read-only
     return ctx.redirect(back, "ok", f"{user.email} is now {user.role}.")
 
 
@@ -185,7 +185,8 @@ async def reset_password(ctx: Ctx) -> Response:
         await accounts.reset_password(ctx.db, target.id, ctx.form.get("password", ""))
     except AccountError as exc:
         return ctx.redirect(back, "error", str(exc))
-    return ctx.redirect(back, "ok", f"The password of {target.email} was reset; their admin sessions have ended.")
+    await credentials_changed(ctx.request.app.state, user_id=target.id)  # their open sockets close now
+    return ctx.redirect(back, "ok", f"The password of {target.email} was reset; all their sessions have ended.")
 
 
 @page()
@@ -195,6 +196,7 @@ async def disable_user(ctx: Ctx) -> Response:
     _not_yourself(ctx, target, "disable")
     disabled = ctx.field("disabled", "1") != "0"
     user = await accounts.disable_user(ctx.db, target.id, disabled)
+    await credentials_changed(ctx.request.app.state, user_id=user.id)  # their open sockets close now
     return ctx.redirect(back, "ok", f"{user.email} is {'disabled' if disabled else 'enabled again'}.")
 
 
@@ -226,6 +228,7 @@ async def revoke_api_key(ctx: Ctx) -> Response:
         key = await accounts.revoke_api_key(ctx.db, ctx.tenant_id, str(ctx.request.path_params["key_id"]))
     except accounts.NotFound:
         raise Refused(404, "Not found", "There is no such API key in this tenant.") from None
+    await credentials_changed(ctx.request.app.state, api_key_id=key.id)  # its open sockets close now
     return ctx.redirect(back, "ok", f"API key {key.name} ({key.prefix}…) is revoked.")
 
 
@@ -252,6 +255,10 @@ async def set_device(ctx: Ctx) -> Response:
     vehicle_id = str(ctx.request.path_params["vehicle_id"])
     device_id = ctx.field("device_id") or None
     state = ctx.request.app.state
+    try:
+        await device_ids.claim(ctx.db, ctx.tenant_id, device_id)  # unique across tenants
+    except device_ids.DeviceTaken as exc:
+        return ctx.redirect(back, "error", str(exc))
     # Through the tenant document, exactly like a REST write: every client sees the change.
     room = await state.rooms.get(ctx.tenant_id)
     try:

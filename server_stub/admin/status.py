@@ -51,6 +51,8 @@ async def _sync_summary(ctx: Ctx, tenant_id: str) -> dict[str, Any]:
         "head": await persistence.head(tenant_id),
         "watermark": await state.projector.watermark(tenant_id),
         "error_count": errors,
+        # Set while the tenant's room cannot load or its projection fails; retried in the background.
+        "fault": rooms.faults.get(tenant_id),
     }
 
 
@@ -77,7 +79,7 @@ async def sync_overview(ctx: Ctx) -> Response:
     rooms: RoomManager = ctx.request.app.state.rooms
     infos = rooms.info()
     return ctx.render("sync_overview.html", rows=rows, rooms_loaded=len(infos),
-                      connections=sum(i.connections for i in infos))
+                      connections=sum(i.connections for i in infos), failing=len(rooms.faults))
 
 
 @page()

@@ -12,6 +12,7 @@ from server_stub.db.base import (
     NestedTransactionError,
     PermissionDenied,
     Row,
+    TimescaleMode,
     Tx,
     UniqueViolation,
     as_geojson_sql,
@@ -36,6 +37,7 @@ __all__ = [
     "NestedTransactionError",
     "PermissionDenied",
     "Row",
+    "TimescaleMode",
     "Tx",
     "UniqueViolation",
     "as_geojson_sql",
@@ -49,12 +51,15 @@ __all__ = [
 ]
 
 
-async def open_database(url: str) -> Database:
-    """Open the database a URL names: `postgresql://…`/`postgres://…` or `sqlite:///path` (dirs are created)."""
+async def open_database(url: str, *, timescale: TimescaleMode = "auto") -> Database:
+    """Open the database a URL names: `postgresql://…`/`postgres://…` or `sqlite:///path` (dirs are created).
+
+    `timescale` is the operator's WEBHOST_TIMESCALE choice; it matters to Postgres migrations only.
+    """
     if url.startswith(("postgresql://", "postgres://")):
         from server_stub.db.postgres import PostgresDatabase
 
-        return await PostgresDatabase.open(url)
+        return await PostgresDatabase.open(url, timescale=timescale)
     if url.startswith("sqlite:///") and url != "sqlite:///":
         from server_stub.db.sqlite import SqliteDatabase
 

@@ -71,10 +71,18 @@ class Queries(ABC):
         """Run one statement once per parameter tuple."""
 
 
+# WEBHOST_TIMESCALE: "auto" stores positions in a TimescaleDB hypertable when the server offers
+# the extension; "off" keeps native partitioning even then. Read by the migration that creates
+# gps_positions; an existing table keeps the mode it was created in.
+TimescaleMode = Literal["auto", "off"]
+TIMESCALE_MODES: tuple[TimescaleMode, ...] = ("auto", "off")
+
+
 class Tx(Queries):
     """One transaction on one connection: committed when its block exits, rolled back on error."""
 
     customer_id: str | None
+    timescale: TimescaleMode = "auto"
 
     @abstractmethod
     async def execute_script(self, sql: str) -> None:
@@ -87,6 +95,8 @@ class Tx(Queries):
 
 class Database(Queries):
     """A connection pool (Postgres) or the single writer connection (SQLite) behind one API."""
+
+    timescale: TimescaleMode = "auto"
 
     @abstractmethod
     def transaction(self, customer_id: str | None = None) -> AbstractAsyncContextManager[Tx]:

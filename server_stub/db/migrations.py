@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from server_stub.db import schema_pg, schema_positions, schema_sqlite
+from server_stub.db import schema_pg, schema_positions, schema_security, schema_sqlite
 from server_stub.db.base import Database, DatabaseError, Dialect, Tx, time_param, utcnow
 from server_stub.db.schema_pg import ExtensionMissing, tenant_rls_sql
 
@@ -46,6 +46,11 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "crdt_log", {"postgres": schema_pg.CRDT_LOG, "sqlite": schema_sqlite.CRDT_LOG}),
     Migration(4, "fleet_tables", {"postgres": schema_pg.FLEET_TABLES, "sqlite": schema_sqlite.fleet_tables}),
     Migration(5, "positions", {"postgres": schema_positions.positions_pg, "sqlite": schema_positions.POSITIONS_SQLITE}),
+    Migration(6, "token_cutoff_and_device_claims",
+              {"postgres": schema_security.TOKENS_AND_DEVICES_PG, "sqlite": schema_security.TOKENS_AND_DEVICES_SQLITE}),
+    # SQLite has no hypertable: nothing to do there.
+    Migration(7, "hypertable_direct_writes",
+              {"postgres": schema_positions.hypertable_direct_writes, "sqlite": "SELECT 1"}),
 ]
 
 __all__ = [

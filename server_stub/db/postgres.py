@@ -20,6 +20,7 @@ from server_stub.db.base import (
     Params,
     PermissionDenied,
     Row,
+    TimescaleMode,
     Tx,
     UniqueViolation,
 )
@@ -110,9 +111,10 @@ class PostgresTx(Tx):
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, conn: Connection, customer_id: str | None) -> None:
+    def __init__(self, conn: Connection, customer_id: str | None, timescale: TimescaleMode = "auto") -> None:
         self.conn = conn
         self.customer_id = customer_id
+        self.timescale = timescale
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         return await _fetch(self.conn, sql, params)
@@ -159,13 +161,16 @@ class PostgresDatabase(Database):
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, pool: AsyncConnectionPool[Connection], url: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Connection], url: str, timescale: TimescaleMode = "auto") -> None:
         self._pool = pool
         self.url = url
+        self.timescale = timescale
         self._sizes = (pool.min_size, pool.max_size)
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 1, max_size: int = 10) -> PostgresDatabase:
+    async def open(
+        cls, url: str, *, min_size: int = 1, max_size: int = 10, timescale: TimescaleMode = "auto"
+    ) -> PostgresDatabase:
         """Connect, failing fast with DatabaseUnavailable instead of waiting out the pool timeout."""
         try:
             probe = await AsyncConnection.connect(url, connect_timeout=10)
@@ -173,7 +178,7 @@ class PostgresDatabase(Database):
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {first_line}") from exc
         await probe.close()
-        return cls(await _open_pool(url, min_size, max_size), url)
+        return cls(await _open_pool(url, min_size, max_size), url, timescale)
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._pool.connection() as conn:
@@ -197,7 +202,7 @@ class PostgresDatabase(Database):
                 async with conn.transaction():
                     if customer_id is not None:
                         await conn.execute("SELECT set_config('app.customer_id', %s, true)", (customer_id,))
-                    yield PostgresTx(conn, customer_id)
+                    yield PostgresTx(conn, customer_id, self.timescale)
             except psycopg.Error as exc:
                 raise _translate(exc) from exc
 
@@ -222,6 +227,13 @@ class PostgresDatabase(Database):
         )
         found = {row["name"]: row["default_version"] for row in rows}
         return {name: found.get(name) for name in TRACKED_EXTENSIONS}
+
+    async def timescale_preloaded(self) -> bool:
+        """Whether the server loads TimescaleDB at start (shared_preload_libraries), without which
+        the extension cannot be enabled. Only the owner role may read that setting."""
+        async with self.transaction() as tx:
+            await tx.execute("SET LOCAL ROLE NONE")
+            return "timescaledb" in str(await tx.fetchval("SHOW shared_preload_libraries"))
 
     async def schema_changed(self) -> None:
         # Connections opened before the app role existed still run as the superuser; replace them.

@@ -45,7 +45,9 @@ async def extensions_and_role(tx: Tx) -> None:
             "PostGIS is installed but this database user may not enable it; ask a superuser to run "
             "`CREATE EXTENSION postgis;` in this database, then run `webhost-server migrate` again"
         ) from exc
-    if "timescaledb" in available:
+    from server_stub.db.schema_positions import timescale_wanted  # it imports this module
+
+    if "timescaledb" in available and await timescale_wanted(tx):
         try:
             async with tx.savepoint():
                 await tx.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")

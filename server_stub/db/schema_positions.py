@@ -90,8 +90,20 @@ _EVENTS_AND_STATE_PG = f"""
 """
 
 
+async def timescale_wanted(tx: Tx) -> bool:
+    """False when the operator turned TimescaleDB off: WEBHOST_TIMESCALE=off on the server, or
+    `ALTER DATABASE … SET webhost.timescale = 'off'` for everything that connects to that database."""
+    if tx.timescale == "off":
+        return False
+    setting = await tx.fetchval("SELECT current_setting('webhost.timescale', true)")
+    return str(setting or "auto").strip().lower() != "off"
+
+
 async def _timescale_enabled(tx: Tx) -> bool:
-    """TimescaleDB is in use when it is installed in this database (creating it when the server has it)."""
+    """TimescaleDB is in use when it is installed in this database (creating it when the server has it),
+    unless the operator turned it off (see timescale_wanted)."""
+    if not await timescale_wanted(tx):
+        return False
     if await tx.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
         return True
     if not await tx.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"):
@@ -110,6 +122,8 @@ async def _app_role_exists(tx: Tx) -> bool:
 
 
 async def _timescale_positions(tx: Tx) -> None:
+    from server_stub.partitions import MAX_RETENTION_DAYS  # partitions imports this package's schema helpers
+
     await tx.execute_script(
         f"""
         CREATE TABLE gps_positions ({_POSITIONS_COLUMNS});
@@ -120,9 +134,9 @@ async def _timescale_positions(tx: Tx) -> None:
             timescaledb.compress_orderby = 'fix_time DESC'
         );
         SELECT add_compression_policy('gps_positions', INTERVAL '{COMPRESS_AFTER_DAYS} days');
-        -- Chunks are dropped whole once older than the longest plan retention (pro, 365 days);
+        -- Chunks are dropped whole once older than the longest plan retention;
         -- shorter plans are cut off at query time.
-        SELECT add_retention_policy('gps_positions', INTERVAL '365 days');
+        SELECT add_retention_policy('gps_positions', INTERVAL '{MAX_RETENTION_DAYS} days');
 
         -- TimescaleDB refuses row-level security on compressed hypertables. Tenant isolation
         -- stays in the database anyway: the app role has no privilege on the hypertable and
@@ -153,6 +167,34 @@ async def _partitioned_positions(tx: Tx) -> None:
     today = partitions.day_of(utcnow())
     for offset in range(-1, partitions.DAYS_AHEAD + 1):
         await partitions.create_partition(tx, today + timedelta(days=offset))
+
+
+async def hypertable_direct_writes(tx: Tx) -> None:
+    """Migration 7: on a hypertable, the app role COPYs fixes straight in (half the work of
+    staging them and INSERT … SELECT through the tenant view, and TimescaleDB batches COPY into
+    chunks). Reads still go through the view only: the role gets INSERT, never SELECT, and a
+    CHECK stands in for RLS's WITH CHECK, so a row for another tenant than the transaction's is
+    refused by the database itself. The owner (migrations, compression jobs) is not bound by it."""
+    from server_stub.partitions import storage_mode  # partitions imports this package's schema helpers
+
+    if await storage_mode(tx) != "timescale":
+        return  # native partitions keep row-level security and the staging path
+    await tx.execute_script(
+        f"ALTER TABLE gps_positions ADD CONSTRAINT gps_positions_tenant_write "
+        f"CHECK (current_user <> '{APP_ROLE}' OR customer_id = {TENANT})"
+    )
+    if await _app_role_exists(tx):
+        await tx.execute_script(f"GRANT INSERT ON gps_positions TO {APP_ROLE}")
+        # TimescaleDB hands the grant on to the internal compressed hypertable too, which has no
+        # such CHECK (compressed rows are written by the owner's jobs alone): take it back there.
+        # Chunks of the hypertable itself inherit the grant together with the CHECK.
+        compressed = await tx.fetchval(
+            "SELECT format('%I.%I', c.schema_name, c.table_name) FROM _timescaledb_catalog.hypertable h "
+            "JOIN _timescaledb_catalog.hypertable c ON c.id = h.compressed_hypertable_id "
+            "WHERE h.table_name = 'gps_positions'"
+        )
+        if compressed:
+            await tx.execute_script(f"REVOKE ALL ON {compressed} FROM {APP_ROLE}")
 
 
 async def positions_pg(tx: Tx) -> None:

@@ -129,3 +129,19 @@ def memory_keyring() -> Iterator[MemoryKeyring]:
     keyring.set_keyring(backend)
     yield backend
     keyring.set_keyring(previous)
+
+
+class InsecureKeyring(MemoryKeyring):
+    """What a vehicle PC without a Secret Service has: only a plain-text store (keyrings.alt's
+    PlaintextKeyring and the like), which the app must not trust with a token."""
+
+    priority = 0.5  # type: ignore[assignment]
+
+
+@pytest.fixture
+def no_secure_keyring() -> Iterator[InsecureKeyring]:
+    previous = keyring.get_keyring()
+    backend = InsecureKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)

@@ -316,3 +316,35 @@ def test_live_map_follows_an_ingested_position(page: Any, server: LiveServer) ->
     # A fresh page shows the newest position straight from the server.
     page.reload()
     page.wait_for_function(f"(m => m && Math.abs(m.lon - 13.41) < 1e-9)({marker})")
+
+
+def test_live_map_shows_record_names_as_text_never_as_markup(page: Any, server: LiveServer) -> None:
+    tenant: Tenant = off_loop(provision_tenant, server.settings, "Theta Transport")
+    fence_name = '<img src="x" onerror="window.__injected = 1">Depot'
+    van_name = "<b>Van</b> & <i>co</i>"
+    with rest(server, tenant.tokens["dispatcher"]) as http:
+        fence = http.post("/api/v1/geofences", json={"data": {"type": "geofences", "attributes": {
+            "name": fence_name, "kind": "depot", "geometry": {"type": "Polygon", "coordinates": [
+                [[13.38, 52.51], [13.42, 52.51], [13.42, 52.53], [13.38, 52.53], [13.38, 52.51]]]}}}})
+        assert fence.status_code == 201, fence.text
+        van = http.post("/api/v1/vehicles", json={"data": {"type": "vehicles", "attributes": {
+            "name": van_name, "device_id": "imei-theta-1"}}})
+        assert van.status_code == 201, van.text
+        vehicle_id = van.json()["data"]["id"]
+        fix = http.post("/api/v1/positions", json={"positions": [
+            {"device_id": "imei-theta-1", "lat": 52.52, "lon": 13.40, "fix_time": iso(datetime.now(UTC))}]})
+        assert fix.status_code == 200 and fix.json()["accepted"] == 1, fix.text
+
+    sign_in(page, server, tenant.emails["admin"])
+    page.goto(f"{server.url}/admin/tenants/{tenant.id}/map")
+    page.wait_for_function(f"window.webhostAdmin && window.webhostAdmin.markers[{vehicle_id!r}]")
+    # Open every tooltip: the geofence's and the vehicle marker's (Leaflet renders them on open).
+    page.evaluate("window.webhostAdmin.fences.eachLayer(l => l.openTooltip())")
+    page.evaluate(f"window.webhostAdmin.markers[{vehicle_id!r}].layer.openTooltip()")
+    tooltips = page.locator(".leaflet-tooltip")
+    assert tooltips.count() == 2
+    texts = " | ".join(tooltips.all_inner_texts())
+    assert fence_name in texts and van_name in texts  # shown literally
+    assert page.locator(".leaflet-tooltip img, .leaflet-tooltip b, .leaflet-tooltip i").count() == 0
+    assert page.evaluate("window.__injected") is None
+    screenshot(page, "08-live-map-names-as-text")

@@ -17,17 +17,16 @@ from websockets.sync.client import connect as ws_connect
 
 from server_stub.testing import LiveServer
 
+from .conftest import BACKENDS, backend_url
+
+__all__ = ["BACKENDS"]
+
 COLLECTIONS = ("vehicles", "drivers", "routes", "geofences")
-# For a module-scoped fixture over both backends: `@pytest.fixture(scope="module", params=BACKENDS)`.
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The database URL of a module-scoped backend fixture (a fresh SQLite file, or the module's Postgres)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('server') / 'fleet-server.sqlite'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    """The database URL of a module-scoped fixture over BACKENDS (a fresh SQLite file, or the module's Postgres)."""
+    return backend_url(request, tmp_path_factory.mktemp("server"))
 
 # A valid record of each collection; `name` is replaced per call so records are distinguishable.
 SAMPLES: dict[str, dict[str, Any]] = {

@@ -82,6 +82,39 @@ async def test_role_change_applies_to_tokens_already_issued(db: Database, settin
     assert principal.role == "field" and principal.can_read_fleet and not principal.can_write_fleet
 
 
+async def test_password_reset_ends_every_earlier_access_and_refresh_token(db: Database, settings: Settings) -> None:
+    user = await _user(db)
+    access, _ = auth.issue_access_token(settings, user)
+    refresh = await auth.issue_refresh_token(db, settings, user)
+    rotated_access, rotated = await auth.rotate_refresh_token(db, settings, refresh)
+    await accounts.reset_password(db, user.id, "a new long password")
+    for token in (access, rotated_access):
+        with pytest.raises(AuthError, match="session ended: the password was changed") as caught:
+            await auth.resolve_token(db, settings, token)
+        assert caught.value.status == 401
+    with pytest.raises(AuthError) as refused:
+        await auth.rotate_refresh_token(db, settings, rotated)  # the live end of the family, revoked too
+    assert refused.value.status == 401
+    # Tokens issued after the reset work, refresh included.
+    fresh_user = await accounts.authenticate(db, user.email, "a new long password")
+    fresh, _ = auth.issue_access_token(settings, fresh_user)
+    assert (await auth.resolve_token(db, settings, fresh)).user_id == user.id
+    fresh_refresh = await auth.issue_refresh_token(db, settings, fresh_user)
+    assert (await auth.resolve_token(db, settings, (await auth.rotate_refresh_token(db, settings, fresh_refresh))[0])
+            ).user_id == user.id
+
+
+async def test_a_refresh_token_issued_before_a_reset_is_refused_even_if_not_revoked(db: Database,
+                                                                                   settings: Settings) -> None:
+    # tokens_valid_after alone ends it: a row the reset's revocation missed cannot outlive it.
+    user = await _user(db)
+    refresh = await auth.issue_refresh_token(db, settings, user)
+    await accounts.reset_password(db, user.id, "a new long password")
+    await db.execute("UPDATE refresh_tokens SET revoked_at = NULL WHERE user_id = ?", (user.id,))
+    with pytest.raises(AuthError, match="session ended: the password was changed"):
+        await auth.rotate_refresh_token(db, settings, refresh)
+
+
 async def test_refresh_token_rotates_and_reuse_revokes_the_family(db: Database, settings: Settings) -> None:
     user = await _user(db)
     first = await auth.issue_refresh_token(db, settings, user)
@@ -179,28 +212,28 @@ class FakeClock:
         return self.now
 
 
-def test_rate_limiter_blocks_the_sixth_attempt_until_the_window_passes() -> None:
+async def test_rate_limiter_blocks_the_sixth_attempt_until_the_window_passes() -> None:
     clock = FakeClock()
     limiter = LoginRateLimiter(clock=clock)
     for _ in range(5):
-        limiter.check("a@b.co", "10.0.0.1")
-        limiter.record_failure("A@b.co", "10.0.0.1")
+        await limiter.check("a@b.co", "10.0.0.1")
+        await limiter.record_failure("A@b.co", "10.0.0.1")
         clock.now += 10
     with pytest.raises(RateLimited) as caught:
-        limiter.check("a@b.co", "10.0.0.1")
+        await limiter.check("a@b.co", "10.0.0.1")
     assert 0 < caught.value.retry_after <= 300
     assert caught.value.retry_after == 300 - 50
-    limiter.check("a@b.co", "10.0.0.2")  # another address is not blocked
-    limiter.check("other@b.co", "10.0.0.1")  # nor another email
+    await limiter.check("a@b.co", "10.0.0.2")  # another address is not blocked
+    await limiter.check("other@b.co", "10.0.0.1")  # nor another email
     clock.now += caught.value.retry_after
-    limiter.check("a@b.co", "10.0.0.1")
+    await limiter.check("a@b.co", "10.0.0.1")
 
 
-def test_successful_login_clears_the_emails_failures() -> None:
+async def test_successful_login_clears_the_emails_failures() -> None:
     limiter = LoginRateLimiter(clock=FakeClock())
     for ip in ("10.0.0.1", "10.0.0.2"):
         for _ in range(5):
-            limiter.record_failure("a@b.co", ip)
-    limiter.record_success("A@B.CO")
-    limiter.check("a@b.co", "10.0.0.1")
-    limiter.check("a@b.co", "10.0.0.2")
+            await limiter.record_failure("a@b.co", ip)
+    await limiter.record_success("A@B.CO")
+    await limiter.check("a@b.co", "10.0.0.1")
+    await limiter.check("a@b.co", "10.0.0.2")

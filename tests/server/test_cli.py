@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from server_stub import cli
+from server_stub.db.base import Params
 from server_stub.db.postgres import PostgresDatabase
 
-from .conftest import run_cli, unique_email
+from .conftest import run_cli, throwaway_pg_database, timescale_missing, unique_email
 
 
 def _no_traceback(result: object) -> None:
@@ -78,10 +81,52 @@ def test_verify_extensions_reports_each_extension(database_url: str, tmp_path: P
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     if database_url.startswith("postgresql://"):
-        assert re.fullmatch(r"postgis: present \(3\.\d+\.\d+\)", lines[0])
-        assert lines[1] == "timescaledb: not available — positions use native partitioning"
+        assert re.fullmatch(r"postgis: enabled \(3\.\d+\.\d+\)", lines[0])
+        if timescale_missing():
+            assert lines[1].startswith("timescaledb: not ")
+            assert lines[2] == "positions: native daily partitions"
+        elif _storage_setting(database_url) == "off":  # the partitioned half: installed, left off
+            assert re.fullmatch(r"timescaledb: installed \(2\.\d+\.\d+\), not enabled in this database yet", lines[1])
+            assert lines[2] == "positions: native daily partitions"
+        else:
+            assert re.fullmatch(r"timescaledb: enabled \(2\.\d+\.\d+\)", lines[1])
+            assert lines[2].startswith("positions: a TimescaleDB hypertable")
     else:
         assert re.fullmatch(r"spatialite: present \(\d+\.\d+\.\d+\)", lines[0])
+
+
+def _storage_setting(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT current_setting('webhost.timescale', true)").fetchone()
+    return str(row[0] if row and row[0] else "auto")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("env, plan", [({}, "will enable timescaledb and create a hypertable"),
+                                       ({"WEBHOST_TIMESCALE": "off"}, "will use native daily partitions")],
+                         ids=["auto", "off"])
+def test_verify_extensions_on_a_fresh_database_says_what_migrate_will_do(
+        tmp_path: Path, env: dict[str, str], plan: str) -> None:
+    if reason := timescale_missing():
+        pytest.skip(reason)
+    with throwaway_pg_database() as url:
+        result = run_cli("verify-extensions", database_url=url, tmp_path=tmp_path, **env)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert re.fullmatch(r"postgis: installed \(3\.\d+\.\d+\), not enabled yet — .* migrate` enables it", lines[0])
+        assert re.fullmatch(r"timescaledb: installed \(2\.\d+\.\d+\), not enabled in this database yet", lines[1])
+        assert plan in lines[2]
+        # ... and migrate does what it said.
+        assert run_cli("migrate", database_url=url, tmp_path=tmp_path, **env).returncode == 0
+        after = run_cli("verify-extensions", database_url=url, tmp_path=tmp_path, **env).stdout
+        assert ("hypertable" in after) == (env == {}), after
+
+
+def test_a_bad_timescale_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    result = run_cli("migrate", database_url=f"sqlite:///{tmp_path}/x.sqlite", tmp_path=tmp_path,
+                     WEBHOST_TIMESCALE="maybe")
+    assert result.returncode == 2
+    assert "WEBHOST_TIMESCALE must be one of auto, off, got 'maybe'" in result.stderr
 
 
 def test_unmigrated_database_is_reported_with_the_fix(tmp_path: Path) -> None:
@@ -139,13 +184,21 @@ class _FakePostgres(PostgresDatabase):
     async def available_extensions(self) -> dict[str, str | None]:
         return {"postgis": None, "timescaledb": None}
 
+    async def timescale_preloaded(self) -> bool:
+        return False
+
+    async def fetchval(self, sql: str, params: Params = ()) -> Any:
+        assert "to_regclass('public.gps_positions')" in sql
+        return False  # not migrated
+
 
 @pytest.mark.anyio
 async def test_missing_postgis_fails_verification(anyio_backend: str) -> None:
     lines, code = await cli._extension_lines(_FakePostgres())
     assert code == 1
     assert lines[0].startswith("postgis: missing — install PostGIS")
-    assert lines[1] == "timescaledb: not available — positions use native partitioning"
+    assert lines[1] == "timescaledb: not installed on this server"
+    assert lines[2] == "positions: `webhost-server migrate` will use native daily partitions"
 
 
 def test_serve_with_a_bad_database_url_fails_before_listening(tmp_path: Path) -> None:

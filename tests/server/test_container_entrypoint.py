@@ -260,13 +260,29 @@ def _third_party_imports() -> set[str]:
 
 def test_the_server_dependency_group_covers_every_import_of_the_server_packages() -> None:
     """The image installs only the `server` group: a missing entry would be an ImportError in production."""
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["server"]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["server"]
     names = {re.split(r"[<>=!;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in declared}
+    locked = {
+        line.split("==", 1)[0].lower().replace("_", "-")
+        for line in (ROOT / "requirements" / "server.txt").read_text().splitlines()
+        if "==" in line and not line.startswith((" ", "#"))
+    }
     providers = importlib.metadata.packages_distributions()
     indirect = {"numpy"}  # shapely's own dependency
     for module in sorted(_third_party_imports() - indirect):
         dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
         assert dists & names, f"{module} (from {sorted(dists)}) is imported but not in the server group"
+        assert dists & locked, f"{module} (from {sorted(dists)}) is missing from requirements/server.txt"
+
+
+def test_the_image_installs_the_server_group_from_the_lock_with_hashes() -> None:
+    """No open ranges in the image: pip gets the exported lock, checks hashes and resolves nothing itself."""
+    builder = dockerfile_stages()[0]
+    installs = [value for instruction, value in builder if instruction == "RUN" and "pip install" in value]
+    assert any("--require-hashes" in value and "--no-deps" in value and "server-requirements.txt" in value
+               for value in installs), installs
+    copied = [value for instruction, value in builder if instruction == "COPY"]
+    assert any(value.startswith("requirements/server.txt") for value in copied), copied
 
 
 def test_the_package_ships_the_admin_templates_and_assets() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from server_stub.db import Database
+from server_stub.partitions import positions_relation, storage_mode
 from server_stub.testing import LiveServer, Tenant, provision_tenant, settings_for
 from storage import Store
 from storage.positions import Fix
@@ -62,10 +63,11 @@ def test_100k_buffered_fixes_survive_ten_server_restarts_exactly_once(live: Live
     assert (counts.pending, counts.uploaded, counts.failed) == (0, FIXES, 0)
 
     async def server_rows(db: Database) -> Any:
+        positions = positions_relation(await storage_mode(db))  # the tenant view on a hypertable
         async with db.transaction(customer_id=tenant.id) as tx:
             return await tx.fetchone(
                 "SELECT count(*) AS n, count(DISTINCT fix_time) AS times, min(fix_time) AS first, "
-                "max(fix_time) AS last FROM gps_positions "
+                f"max(fix_time) AS last FROM {positions} "
                 "WHERE customer_id = ? AND vehicle_id = ?", (tenant.id, vehicle_id))
 
     row = with_db(live, server_rows)

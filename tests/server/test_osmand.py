@@ -121,16 +121,18 @@ def test_unknown_device_is_refused_and_nothing_is_stored(live: LiveServer, tenan
     assert _count_everything(live, tenant) == 0
 
 
-def test_a_device_id_registered_in_two_tenants_is_refused_not_guessed(live: LiveServer, tenant: Tenant,
-                                                                     device: Device) -> None:
+def test_another_tenant_cannot_take_a_registered_device_id_so_the_phone_keeps_reporting(
+        live: LiveServer, tenant: Tenant, device: Device) -> None:
     other = provision_tenant(live.settings, "Other Couriers")
     with client(live, other.tokens["dispatcher"]) as http:
-        create_vehicle(http, "Their bike", device.device_id)
+        taken = http.post("/api/v1/vehicles", json={"data": {"type": "vehicles", "attributes": {
+            "name": "Their bike", "device_id": device.device_id}}})
+    assert taken.status_code == 409
+    assert "already registered" in taken.json()["errors"][0]["detail"]
     with client(live) as phone:
         response = phone.get("/api/v1/osmand", params={"id": device.device_id, "lat": BASE_LAT, "lon": BASE_LON})
-    assert response.status_code == 409
-    assert "more than one account" in response.json()["errors"][0]["detail"]
-    assert _count_everything(live, tenant) == 0
+    assert response.status_code == 200, response.text
+    assert _count_everything(live, tenant) == 1
     assert _count_everything(live, other) == 0
 
 
@@ -149,3 +151,26 @@ def test_bad_positions_are_400_with_a_reason_and_not_stored(live: LiveServer, te
     assert response.status_code == 400
     assert reason in response.json()["errors"][0]["detail"]
     assert _count_everything(live, tenant) == 0
+
+
+@pytest.mark.parametrize("params", [
+    {"id": "phone\x00x", "lat": "52.5", "lon": "13.4"},
+    {"id": "ok", "lat": "52.5", "lon": "13.4", "note": "a\x00b"},
+], ids=["nul-id", "nul-attribute"])
+def test_unstorable_parameters_get_400_never_a_server_error(live: LiveServer, tenant: Tenant, device: Device,
+                                                             params: dict[str, str]) -> None:
+    with client(live) as phone:
+        for response in (phone.get("/api/v1/osmand", params=params), phone.post("/api/v1/osmand", data=params),
+                         phone.post("/api/v1/osmand", json={"device_id": params["id"], "location": {
+                             "coords": {"latitude": 52.5, "longitude": 13.4}}, "extras": {"note": "a\x00b"}})):
+            assert response.status_code == 400, response.text
+        huge = phone.post("/api/v1/osmand", data={"id": "x" * 200_000, "lat": "52.5", "lon": "13.4"})
+        assert huge.status_code == 413  # the body cap answers before any parsing
+    assert _count_everything(live, tenant) == 0
+
+
+def test_report_queries_with_a_nul_vehicle_id_get_400(live: LiveServer, tenant: Tenant) -> None:
+    with client(live, tenant.tokens["dispatcher"]) as http:
+        for report in ("trips", "stops"):
+            response = http.get(f"/api/v1/reports/{report}", params={"vehicle_id": "van\x00"})
+            assert response.status_code == 400, response.text

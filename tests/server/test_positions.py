@@ -242,12 +242,22 @@ def test_fix_time_is_iso_8601_or_unix_seconds_or_milliseconds(raw: Any, expected
 @pytest.fixture
 def pg_live(database_url: str) -> Iterator[LiveServer]:
     if not database_url.startswith("postgres"):
-        pytest.skip("gps_positions is partitioned on Postgres only; SQLite keeps one plain table")
+        pytest.skip("row-level security is Postgres's; SQLite serves one process")
     with LiveServer(settings_for(database_url)) as server:
         yield server
 
 
-def test_postgres_partitions_exist_ahead_and_retention_drops_a_whole_old_partition(pg_live: LiveServer) -> None:
+@pytest.fixture
+def partitioned_live(pg_url_partitioned: str) -> Iterator[LiveServer]:
+    """A server on native daily partitions (TimescaleDB's chunks: tests/server/test_timescale.py)."""
+    with LiveServer(settings_for(pg_url_partitioned)) as server:
+        yield server
+
+
+@pytest.mark.postgres
+def test_postgres_partitions_exist_ahead_and_retention_drops_a_whole_old_partition(
+        partitioned_live: LiveServer) -> None:
+    pg_live = partitioned_live
     tenant = provision_tenant(pg_live.settings, "Partition Haulage")
     with client(pg_live, tenant.tokens["dispatcher"]) as http:
         van = create_vehicle(http, "Van P")
@@ -256,8 +266,7 @@ def test_postgres_partitions_exist_ahead_and_retention_drops_a_whole_old_partiti
     old_day = today - timedelta(days=400)
 
     async def scenario(db: Database) -> dict[str, Any]:
-        if await partitions.storage_mode(db) != "partitioned":
-            pytest.skip("TimescaleDB is installed here: chunks and its retention policy take over")
+        assert await partitions.storage_mode(db) == "partitioned"
         ahead = set(await partitions.existing_partitions(db))
         await partitions.ensure_partitions(db, [old_day])
         async with db.transaction(customer_id=tenant.id) as tx:
@@ -283,7 +292,9 @@ def test_postgres_partitions_exist_ahead_and_retention_drops_a_whole_old_partiti
     assert outcome["remaining"] == 1  # today's fix is untouched: a partition went, not rows
 
 
-def test_postgres_ingest_creates_a_missing_past_partition_on_demand(pg_live: LiveServer) -> None:
+@pytest.mark.postgres
+def test_postgres_ingest_creates_a_missing_past_partition_on_demand(partitioned_live: LiveServer) -> None:
+    pg_live = partitioned_live
     tenant = provision_tenant(pg_live.settings, "Late Uploads")
     day = partitions.day_of(utcnow() - timedelta(days=20))
 
@@ -311,22 +322,28 @@ def test_postgres_row_level_security_hides_positions_events_and_state_of_other_t
         post_batch(http, [fix(van, now_s() - 30, speed_kph=90.0)])
 
     async def probe(db: Database) -> dict[str, int]:
+        # On a hypertable the tenant view stands where the policy would (the app role's only way in).
+        mode = await partitions.storage_mode(db)
+        positions = partitions.positions_relation(mode)
         counts = {}
         for table in ("gps_positions", "geofence_events", "vehicle_state"):
+            relation = positions if table == "gps_positions" else table
             async with db.transaction(customer_id=b.id) as tx:
-                counts[f"b:{table}"] = await tx.fetchval(f"SELECT count(*) FROM {table}")
+                counts[f"b:{table}"] = await tx.fetchval(f"SELECT count(*) FROM {relation}")
             async with db.transaction(customer_id=a.id) as tx:
-                counts[f"a:{table}"] = await tx.fetchval(f"SELECT count(*) FROM {table}")
-            counts[f"system:{table}"] = await db.fetchval(f"SELECT count(*) FROM {table}")
+                counts[f"a:{table}"] = await tx.fetchval(f"SELECT count(*) FROM {relation}")
+            counts[f"system:{table}"] = await db.fetchval(f"SELECT count(*) FROM {relation}")
         async with db.transaction(customer_id=b.id) as tx:
             # Writing a row for another tenant is refused by the policy, not silently stored.
             try:
                 async with tx.savepoint():
                     await tx.execute(
-                        "INSERT INTO gps_positions (customer_id, vehicle_id, fix_time, lat, lon, geom) "
+                        f"INSERT INTO {positions} (customer_id, vehicle_id, fix_time, lat, lon, geom) "
                         "VALUES (?, 'x', now(), 1, 1, ST_SetSRID(ST_MakePoint(1, 1), 4326))", (a.id,))
             except Exception as exc:
-                counts["refused"] = int("row-level security" in str(exc))
+                # On a hypertable the CHECK of migration 7 (or the view's check option) refuses it.
+                expected = "check" if mode == "timescale" else "row-level security"
+                counts["refused"] = int(expected in str(exc))
         return counts
 
     counts = with_db(pg_live, probe)
@@ -385,7 +402,7 @@ def test_postgres_a_writer_racing_past_the_vehicle_lock_falls_back_to_on_conflic
             monkeypatch.setattr(PositionService, "_new_fixes", original)
             await service.close()
             async with db.transaction(customer_id=owner.id) as tx:
-                count = await tx.fetchval("SELECT count(*) FROM gps_positions WHERE customer_id = ?", (owner.id,))
+                count = await tx.fetchval(f"SELECT count(*) FROM {service.table} WHERE customer_id = ?", (owner.id,))
             return result, int(count)
         finally:
             await db.close()
@@ -420,43 +437,3 @@ def test_sqlite_retention_prunes_each_tenant_at_its_own_plan(tmp_path: Any) -> N
     report, left = asyncio.run(scenario())
     assert report.mode == "plain" and report.deleted_rows == 1
     assert left == ["hobby:10", "pro:10", "pro:60"]
-
-
-class _RecordingTx:
-    """A Tx stand-in for a Postgres server with TimescaleDB installed: records what the migration runs."""
-
-    dialect = "postgres"
-
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    async def fetchval(self, sql: str, params: Any = ()) -> Any:
-        self.statements.append(sql)
-        return 1  # timescaledb is in pg_extension; the app role exists
-
-    async def execute(self, sql: str, params: Any = ()) -> int:
-        self.statements.append(sql)
-        return 0
-
-    async def execute_script(self, sql: str) -> None:
-        self.statements.append(sql)
-
-
-def test_with_timescaledb_the_migration_makes_a_compressed_hypertable_with_retention_behind_a_tenant_view() -> None:
-    from server_stub.db.schema_positions import positions_pg
-
-    tx = _RecordingTx()
-    asyncio.run(positions_pg(tx))  # type: ignore[arg-type]
-    script = "\n".join(tx.statements)
-    assert "create_hypertable('gps_positions', 'fix_time', chunk_time_interval => INTERVAL '1 day')" in script
-    assert "timescaledb.compress_segmentby = 'customer_id, vehicle_id'" in script
-    assert "timescaledb.compress_orderby = 'fix_time DESC'" in script
-    assert "add_compression_policy('gps_positions', INTERVAL '7 days')" in script
-    assert "add_retention_policy('gps_positions', INTERVAL '365 days')" in script
-    assert "PARTITION BY" not in script  # chunks replace the native partitions
-    assert "CREATE VIEW gps_positions_tenant WITH (security_barrier)" in script
-    assert "WITH CASCADED CHECK OPTION" in script
-    assert "REVOKE ALL ON gps_positions FROM webhost_app" in script
-    # The other position tables keep row-level security as usual.
-    assert "ALTER TABLE geofence_events FORCE ROW LEVEL SECURITY" in script
-    assert "ALTER TABLE vehicle_state FORCE ROW LEVEL SECURITY" in script

@@ -16,6 +16,9 @@
   var fenceNames = {};
   data.geofences.features.forEach(function (f) { fenceNames[f.id] = f.properties.name; });
   function clock(iso) { return iso.replace("T", " ").replace(/\.\d+/, "").replace("Z", " UTC"); }
+  // Leaflet puts a string tooltip in as HTML; record names are user data, so tooltips get a node
+  // whose text is set, never parsed.
+  function textNode(text) { var span = document.createElement("span"); span.textContent = text; return span; }
 
   var map = L.map(el, { zoomControl: true, worldCopyJump: true });
   map.attributionControl.setPrefix("Leaflet");
@@ -27,7 +30,8 @@
                dashArray: f.properties.invalid ? "4 4" : null };
     },
     onEachFeature: function (f, layer) {
-      layer.bindTooltip(f.properties.name + " (" + f.properties.kind + ")" + (f.properties.invalid ? " — invalid" : ""));
+      layer.bindTooltip(textNode(f.properties.name + " (" + f.properties.kind + ")" +
+                                 (f.properties.invalid ? " — invalid" : "")));
     }
   });
   // The view must be set before any vector layer is added (Leaflet clips paths against it).
@@ -35,6 +39,7 @@
   data.positions.forEach(function (p) { bounds.extend([p.lat, p.lon]); });
   if (bounds.isValid()) { map.fitBounds(bounds.pad(0.2), { maxZoom: 15 }); } else { map.setView([20, 0], 2); }
   fences.addTo(map);
+  state.fences = fences;
 
   function setStatus(kind, text) { statusEl.dataset.state = kind; statusEl.textContent = text; }
 
@@ -61,10 +66,10 @@
     var latlng = [p.lat, p.lon];
     if (known) {
       known.layer.setLatLng(latlng);
-      known.layer.setTooltipContent(describe(p));
+      known.layer.setTooltipContent(textNode(describe(p)));
     } else {
       var layer = L.circleMarker(latlng, { radius: 8, color: "#17212b", weight: 2, fillColor: "#f0883e", fillOpacity: 0.9 });
-      layer.bindTooltip(describe(p), { permanent: false });
+      layer.bindTooltip(textNode(describe(p)), { permanent: false });
       layer.addTo(map);
       known = state.markers[p.vehicle_id] = { layer: layer };
       if (!names[p.vehicle_id]) { names[p.vehicle_id] = p.vehicle_id; data.vehicles.push({ id: p.vehicle_id, name: p.vehicle_id }); }
