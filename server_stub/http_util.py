@@ -18,11 +18,11 @@ from starlette.responses import JSONResponse
 
 from server_stub.auth import AuthError, Principal
 from server_stub.http_auth import JSON_API, json_api_error, principal_from_request
-from server_stub.positions import MAX_BATCH_FIXES, BatchTooLarge, FixRejected, IngestResult, parse_timestamp
+from server_stub.positions import FixRejected, parse_timestamp
 from server_stub.rooms import RoomUnavailable
 from sync.document import FleetDocument
 from sync.room import RoomBroken, RoomClosed, WriteFailed
-from sync.values import ValuePolicyError, check_record_id, check_string, check_value, json_pointer, loads
+from sync.values import ValuePolicyError, check_record_id, check_string, loads
 
 if TYPE_CHECKING:
     from server_stub.positions import PositionService
@@ -183,28 +183,6 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     fallback = _FILENAME_UNSAFE.sub("_", ascii_name).strip("._") or "download"
     exact = quote(filename.encode("utf-8", "surrogatepass"), safe="")
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
-
-
-async def ingest_checked(positions: PositionService, tenant: str, batch: list[Any]) -> IngestResult:
-    """Ingest a batch after the value policy: a fix holding what the database cannot store (a NUL
-    in an attribute is fatal to jsonb, a 70-deep attribute to orjson) is refused with its reason,
-    like any other bad fix, and the rest of the batch is kept."""
-    if len(batch) > MAX_BATCH_FIXES:
-        raise BatchTooLarge(f"at most {MAX_BATCH_FIXES} positions per request, got {len(batch)}")
-    kept: list[int] = []
-    refused: list[dict[str, Any]] = []
-    for index, fix in enumerate(batch):
-        try:
-            check_value(fix, json_pointer("positions", index))
-        except ValuePolicyError as exc:
-            refused.append({"index": index, "reason": str(exc)})
-        else:
-            kept.append(index)
-    result = await positions.ingest(tenant, [batch[i] for i in kept]) if kept else IngestResult()
-    for rejection in result.rejected:  # indexes into the kept fixes, back to the caller's batch
-        rejection["index"] = kept[int(rejection["index"])]
-    result.rejected = sorted([*result.rejected, *refused], key=lambda r: int(r["index"]))
-    return result
 
 
 def time_param(request: Request, name: str, default: float) -> float:

@@ -26,7 +26,6 @@ from server_stub.exports import GpxError, parse_gpx
 from server_stub.http_util import (
     ApiError,
     error_response,
-    ingest_checked,
     json_ok,
     principal,
     read_body,
@@ -65,7 +64,7 @@ async def import_gpx(request: Request) -> Response:
         for fix in fixes:
             fix["vehicle_id"] = vehicle_id
         try:
-            result = await ingest_checked(positions, tenant, fixes)
+            result = await positions.ingest(tenant, fixes)
         except BatchTooLarge as exc:
             raise ApiError(413, "too many points", str(exc)) from None
     except (ApiError, AuthError) as exc:

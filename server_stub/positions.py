@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 import psycopg
 
@@ -37,7 +38,7 @@ from server_stub.db.base import (
 )
 from server_stub.partitions import PartitionKeeper, positions_relation
 from sync.geofencing import EventDetector, GeofenceEvent, GeofenceIndex
-from sync.values import ValuePolicyError, check_value
+from sync.values import ValuePolicyError, check_string, check_value
 
 if TYPE_CHECKING:
     from server_stub.db.postgres import PostgresTx
@@ -186,6 +187,10 @@ def _identifier(value: Any, name: str) -> str | None:
         raise FixRejected(f"{name} must be a string")
     if len(value) > MAX_ID_LENGTH:
         raise FixRejected(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    try:  # an unregistered device id beside a known vehicle is stored as sent
+        check_string(value, f"/{name}")
+    except ValuePolicyError as exc:
+        raise FixRejected(f"{name}: {exc.reason}") from None
     return value
 
 
@@ -336,6 +341,87 @@ def row_to_event(row: Mapping[str, Any]) -> dict[str, Any]:
             "attributes": parse_json(row["attributes"]) if row["attributes"] is not None else {}}
 
 
+def _text_field(value: str | None) -> bytes:
+    if value is None:
+        return _COPY_NULL
+    encoded = value.encode()
+    return _COPY_LENGTH.pack(len(encoded)) + encoded
+
+
+def _float4_field(value: float | None) -> bytes:
+    return _COPY_NULL if value is None else _COPY_FLOAT4.pack(4, value)
+
+
+def _binary_row(tenant: bytes, f: Fix) -> bytes:
+    """One fix as a binary COPY row (the general path: attributes, or a one-off shape)."""
+    if f.attributes is None:
+        attributes = _COPY_NULL
+    else:
+        encoded = b"\x01" + orjson.dumps(f.attributes)  # jsonb's binary form: a version byte, then JSON
+        attributes = _COPY_LENGTH.pack(len(encoded)) + encoded
+    return b"".join((
+        _COPY_FIELDS, tenant, _text_field(f.vehicle_id), _text_field(f.device_id),
+        _COPY_POSITION.pack(8, round((f.t - _PG_EPOCH) * 1_000_000), 8, f.lat, 8, f.lon),
+        _float4_field(f.speed_kph), _float4_field(f.course), _float4_field(f.altitude), _float4_field(f.accuracy),
+        attributes, _COPY_GEOM_LENGTH, _COPY_GEOM.pack(1, _EWKB_POINT_SRID, 4326, f.lon, f.lat),
+    ))
+
+
+_OPTIONAL = ("speed_kph", "course", "altitude", "accuracy")
+
+
+def _binary_rows(tenant: bytes, fixes: list[Fix]) -> bytes:
+    """Rows that share a vehicle, a device and which optional numbers are present, written at
+    once with numpy: every such row has the same layout, so a structured array of big-endian
+    fields (and the little-endian EWKB inside) is the COPY data itself."""
+    first = fixes[0]
+    present = [name for name in _OPTIONAL if getattr(first, name) is not None]
+    fields: list[tuple[str, Any]] = [("head", f"S{2 + len(tenant)}")]
+    fields.append(("ids", f"S{len(_text_field(first.vehicle_id)) + len(_text_field(first.device_id))}"))
+    fields += [("t_len", ">i4"), ("t", ">i8"), ("lat_len", ">i4"), ("lat", ">f8"), ("lon_len", ">i4"), ("lon", ">f8")]
+    for name in _OPTIONAL:
+        fields += [(f"{name}_len", ">i4")] + ([(name, ">f4")] if name in present else [])
+    fields += [("attributes", ">i4"), ("geom_len", ">i4"), ("order", "u1"), ("kind", "<u4"), ("srid", "<u4"),
+               ("x", "<f8"), ("y", "<f8")]
+    rows = np.zeros(len(fixes), dtype=np.dtype(fields))
+    rows["head"] = _COPY_FIELDS + tenant
+    rows["ids"] = _text_field(first.vehicle_id) + _text_field(first.device_id)
+    times = np.fromiter((f.t for f in fixes), np.float64, len(fixes))
+    rows["t_len"], rows["t"] = 8, np.round((times - _PG_EPOCH) * 1_000_000).astype(np.int64)
+    rows["lat_len"], rows["lon_len"] = 8, 8
+    rows["lat"] = np.fromiter((f.lat for f in fixes), np.float64, len(fixes))
+    rows["lon"] = np.fromiter((f.lon for f in fixes), np.float64, len(fixes))
+    for name in _OPTIONAL:
+        if name in present:
+            rows[f"{name}_len"] = 4
+            rows[name] = np.fromiter((getattr(f, name) for f in fixes), np.float32, len(fixes))
+        else:
+            rows[f"{name}_len"] = -1
+    rows["attributes"] = -1
+    rows["geom_len"], rows["order"], rows["kind"], rows["srid"] = 25, 1, _EWKB_POINT_SRID, 4326
+    rows["x"], rows["y"] = rows["lon"], rows["lat"]
+    return rows.tobytes()
+
+
+def _binary_copy(tenant_id: str, fixes: list[Fix]) -> bytes:
+    """The fixes as one binary COPY stream for _HYPERTABLE_COPY's columns."""
+    tenant = _text_field(tenant_id)
+    alike: dict[tuple[Any, ...], list[Fix]] = {}
+    parts = [_COPY_SIGNATURE]
+    for f in fixes:
+        if f.attributes is not None:
+            parts.append(_binary_row(tenant, f))
+        else:
+            key = (f.vehicle_id, f.device_id, f.speed_kph is None, f.course is None, f.altitude is None,
+                   f.accuracy is None)
+            alike.setdefault(key, []).append(f)
+    for group in alike.values():
+        parts.append(_binary_rows(tenant, group) if len(group) > 8 else b"".join(
+            _binary_row(tenant, f) for f in group))
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
 # -- the service -----------------------------------------------------------------------------------
 
 _STAGE_COPY = ("COPY gps_stage (vehicle_id, device_id, fix_time, lat, lon, speed_kph, course, altitude, accuracy, "
@@ -343,12 +429,22 @@ _STAGE_COPY = ("COPY gps_stage (vehicle_id, device_id, fix_time, lat, lon, speed
 _STAGE_TYPES = ["text", "text", "float8", "float8", "float8", "float4", "float4", "float4", "float4", "jsonb"]
 _HYPERTABLE_COPY = ("COPY gps_positions (customer_id, vehicle_id, device_id, fix_time, lat, lon, speed_kph, course, "
                     "altitude, accuracy, attributes, geom) FROM STDIN (FORMAT BINARY)")
-# geom travels as raw EWKB, which is what PostGIS's binary input reads (the "bytea" only picks
-# psycopg's pass-through dumper).
-_HYPERTABLE_TYPES = ["text", "text", "text", "timestamptz", "float8", "float8", "float4", "float4", "float4",
-                     "float4", "jsonb", "bytea"]
-_EWKB_POINT = struct.Struct("<BIIdd")  # little-endian, type, SRID, x, y
-_EWKB_POINT_SRID = 0x20000001  # a Point with the SRID flag set
+# PostgreSQL's binary COPY format, written here in one pass (psycopg's per-row dumping and an
+# await per row cost more than the database's own work): a signature, per row a field count
+# and length-prefixed big-endian fields (-1 for NULL), a trailer.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+_COPY_NULL = b"\xff\xff\xff\xff"
+_COPY_FIELDS = struct.pack(">h", 12)
+_COPY_LENGTH = struct.Struct(">i")
+_COPY_FLOAT4 = struct.Struct(">if")
+_COPY_POSITION = struct.Struct(">iqidid")  # fix_time (µs since 2000), lat, lon
+# geom as EWKB (what PostGIS's binary input reads): a little-endian Point with SRID 4326, behind
+# the big-endian length every field has.
+_COPY_GEOM_LENGTH = struct.pack(">i", 25)
+_COPY_GEOM = struct.Struct("<BIIdd")
+_EWKB_POINT_SRID = 0x20000001
+_PG_EPOCH = 946_684_800  # 2000-01-01 in Unix seconds, where timestamptz counts from
 _CONTEXT_SQL = """
     SELECT (SELECT plan FROM customers WHERE id = ?) AS plan,
            (SELECT disabled FROM customers WHERE id = ?) AS disabled,
@@ -512,6 +608,22 @@ class PositionService:
         # One index range scan per vehicle over the batch's time span: cheap for new data, and
         # far cheaper than ON CONFLICT's speculative insertion for every row.
         ids = list(spans)
+        if self.keeper.mode == "timescale":
+            # On a hypertable the join above defeats chunk exclusion (its bounds come from the
+            # unnest, not parameters), so every chunk's index is probed; bound values per vehicle
+            # let TimescaleDB skip all but the chunks of the span.
+            rows = []
+            for vehicle_id in ids:
+                lo, hi = spans[vehicle_id]
+                rows += await tx.fetch(
+                    "SELECT vehicle_id, (extract(epoch FROM fix_time) * 1000000)::int8 AS us "
+                    f"FROM {self.table} WHERE customer_id = ? AND vehicle_id = ? "
+                    "AND fix_time BETWEEN ? AND ?",
+                    (tenant_id, vehicle_id, datetime.fromtimestamp(lo, UTC), datetime.fromtimestamp(hi, UTC)),
+                )
+            for row in rows:
+                unique.pop((row["vehicle_id"], int(row["us"])), None)
+            return list(unique.values())
         rows = await tx.fetch(
             "SELECT s.vehicle_id, (extract(epoch FROM p.fix_time) * 1000000)::int8 AS us "
             "FROM unnest(CAST(? AS text[]), CAST(? AS float8[]), CAST(? AS float8[])) AS s(vehicle_id, lo, hi) "
@@ -573,16 +685,12 @@ class PositionService:
         a CHECK keeps every row to the transaction's tenant). The fixes are new (checked under the
         vehicles' locks), so no ON CONFLICT is needed; a racing writer still meets the unique key
         and ingest() redoes the batch through the staging path."""
+        data = _binary_copy(tenant_id, fixes)
         try:
             async with tx.conn.cursor() as cursor:
                 async with cursor.copy(_HYPERTABLE_COPY) as copy:
-                    copy.set_types(_HYPERTABLE_TYPES)
-                    for f in fixes:
-                        await copy.write_row((
-                            tenant_id, f.vehicle_id, f.device_id, datetime.fromtimestamp(f.t, UTC), f.lat, f.lon,
-                            f.speed_kph, f.course, f.altitude, f.accuracy, f.attributes,
-                            _EWKB_POINT.pack(1, _EWKB_POINT_SRID, 4326, f.lon, f.lat)))
-                    # The last buffers are on their way: the detector's CPU overlaps the server's work.
+                    await copy.write(data)
+                    # The rows are on their way: the detector's CPU overlaps the server's work.
                     meanwhile()
                 return cursor.rowcount
         except psycopg.errors.UniqueViolation as exc:

@@ -322,7 +322,7 @@ def test_a_position_batch_refuses_only_the_fix_with_an_unstorable_attribute(http
     result = response.json()
     assert result["accepted"] == 1 and result["duplicates"] == 0
     assert [r["index"] for r in result["rejected"]] == [0, 2]
-    assert "/positions/0/attributes/note" in result["rejected"][0]["reason"]
+    assert "/attributes/note" in result["rejected"][0]["reason"]  # the fix is named by "index"
     assert "NUL" in result["rejected"][0]["reason"]
     assert "deeper" in result["rejected"][1]["reason"]
     stored = http.get("/api/v1/positions", params={"vehicle_id": vehicle_id}).json()["data"]
@@ -353,3 +353,13 @@ def test_rest_errors_carry_the_pointer_into_the_request_document(http: httpx.Cli
     assert error["source"]["pointer"] == "/data/attributes/notes/bad\u0001key"
     assert error["title"] == "value not allowed"
 
+
+
+def test_a_position_batch_refuses_an_unstorable_device_id_beside_a_known_vehicle(http: httpx.Client) -> None:
+    vehicle_id = _vehicle(http, "Tracker two")
+    now = time.time()
+    batch = [{"vehicle_id": vehicle_id, "device_id": "unit\u0000x", "fix_time": now - 60, "lat": 52.5, "lon": 13.4},
+             {"vehicle_id": vehicle_id, "fix_time": now - 50, "lat": 52.5, "lon": 13.4}]
+    result = http.post("/api/v1/positions", json={"positions": batch}).json()
+    assert result["accepted"] == 1
+    assert [r["index"] for r in result["rejected"]] == [0] and "NUL" in result["rejected"][0]["reason"]

@@ -472,3 +472,14 @@ def test_tenants_stay_apart_through_the_tenant_view_and_the_app_role_cannot_touc
         # compressed side, which has no such CHECK, grants nothing.
         assert allowed(relation, "INSERT") == relation.startswith("_timescaledb_internal._hyper_"), relation
     assert allowed(TIMESCALE_TENANT_VIEW, "SELECT") and allowed(TIMESCALE_TENANT_VIEW, "INSERT")
+
+
+@pytest.mark.parametrize("optional", [{}, {"speed_kph": 31.5, "course": 90.0},
+                                      {"speed_kph": 0.0, "course": 359.5, "altitude": -12.25, "accuracy": 4.0}])
+def test_the_vectorised_copy_rows_are_byte_for_byte_the_row_by_row_ones(optional: dict[str, float]) -> None:
+    from server_stub.positions import Fix, _binary_row, _binary_rows, _text_field
+
+    tenant = _text_field("6f1c2a90-3e1b-4d7a-9c55-0b1e2f3a4b5c")
+    fixes = [Fix("van-ü", "phone-1" if optional else None, 1_765_000_000.123456 + i * 0.5, 60.17 + i * 1e-6,
+                 24.94 - i * 1e-6, **optional) for i in range(50)]
+    assert _binary_rows(tenant, fixes) == b"".join(_binary_row(tenant, f) for f in fixes)
