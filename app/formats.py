@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sync.formats import gpx_decimal, rfc7946_geometry
 from sync.schema import FIELDS
 
 GPX_NS = "http://www.topografix.com/GPX/1/1"
@@ -99,7 +100,8 @@ def write_geojson(routes: Iterable[Mapping[str, Any]], geofences: Iterable[Mappi
         for record in records:
             properties = {k: v for k, v in record.items() if k != "geometry"}
             properties["collection"] = collection
-            features.append({"type": "Feature", "geometry": record.get("geometry"), "properties": properties})
+            features.append({"type": "Feature", "geometry": rfc7946_geometry(record.get("geometry")),
+                             "properties": properties})
     for record, lon, lat in vehicles:
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
                          "properties": {**record, "collection": "vehicles"}})
@@ -162,13 +164,13 @@ def write_gpx(routes: Iterable[Mapping[str, Any]], tracks: Iterable[tuple[str, l
         rte = ET.SubElement(root, f"{{{GPX_NS}}}rte")
         ET.SubElement(rte, f"{{{GPX_NS}}}name").text = str(route.get("name") or "")
         for lon, lat, *_ in geometry.get("coordinates") or []:
-            ET.SubElement(rte, f"{{{GPX_NS}}}rtept", {"lat": repr(lat), "lon": repr(lon)})
+            ET.SubElement(rte, f"{{{GPX_NS}}}rtept", {"lat": gpx_decimal(lat), "lon": gpx_decimal(lon)})
     for name, points in tracks:
         trk = ET.SubElement(root, f"{{{GPX_NS}}}trk")
         ET.SubElement(trk, f"{{{GPX_NS}}}name").text = name
         seg = ET.SubElement(trk, f"{{{GPX_NS}}}trkseg")
         for t, lon, lat in points:
-            pt = ET.SubElement(seg, f"{{{GPX_NS}}}trkpt", {"lat": repr(lat), "lon": repr(lon)})
+            pt = ET.SubElement(seg, f"{{{GPX_NS}}}trkpt", {"lat": gpx_decimal(lat), "lon": gpx_decimal(lon)})
             ET.SubElement(pt, f"{{{GPX_NS}}}time").text = _iso(t)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,4 +1,4 @@
-"""Who is calling: signed access tokens, rotating refresh tokens, API keys, and login rate limiting.
+"""Who is calling: JWT access tokens, rotating refresh tokens, API keys, and login rate limiting.
 
 Every token resolution re-reads the user (or key) from the database: a disabled user, a revoked
 key, a demotion, or a password reset (which moves the user's `tokens_valid_after` past every token
@@ -8,10 +8,7 @@ issued so far) takes effect on the next request. Open sockets are told at once t
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import logging
 import math
 import secrets
@@ -22,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import jwt
 
 from server_stub import accounts
 from server_stub.accounts import User
@@ -98,54 +97,72 @@ def require_tenant(principal: Principal, tenant_id: str) -> None:
 # -- access tokens ---------------------------------------------------------------------------
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+# Access tokens are JWTs (RFC 7519, HS256) that gateways and other tools can read and verify:
+#   header  {"alg": "HS256", "typ": "JWT", "kid": <key id>}
+#   claims  iss, aud, sub (user id), iat (to the microsecond), exp, cid (tenant id or null),
+#           role, typ = "access"
+# The key is derived from WEBHOST_SECRET_KEY for this one purpose, and `kid` names it, so a new
+# secret can be rolled out while tokens signed with the previous one (WEBHOST_SECRET_KEY_PREVIOUS)
+# still verify until they expire. docs/security.md documents the claims.
+TOKEN_ISSUER = "webhost-fleet"
+TOKEN_AUDIENCE = "webhost-fleet-api"
+TOKEN_ALGORITHM = "HS256"
 
 
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _signing_key(secret: str) -> bytes:
+    # Purpose-bound: the same secret signs admin sessions, and the two must never be interchangeable.
+    return hashlib.sha256(b"webhost-fleet access token\0" + secret.encode()).digest()
 
 
-def _signature(settings: Settings, body: str) -> str:
-    # Derive a purpose-bound key so the secret can sign other things without tokens being interchangeable.
-    key = hashlib.sha256(b"webhost-fleet access token\0" + settings.secret_key.encode()).digest()
-    return _b64encode(hmac.new(key, body.encode(), hashlib.sha256).digest())
+def _key_id(key: bytes) -> str:
+    return hashlib.sha256(b"kid\0" + key).hexdigest()[:16]
+
+
+def _verification_keys(settings: Settings) -> dict[str, bytes]:
+    keys = [_signing_key(secret) for secret in (settings.secret_key, *settings.previous_secret_keys)]
+    return {_key_id(key): key for key in keys}
 
 
 def issue_access_token(settings: Settings, user: User, ttl: int | None = None) -> tuple[str, int]:
-    """A signed `payload.signature` token for the user and its lifetime in seconds."""
+    """A signed JWT for the user and its lifetime in seconds."""
     lifetime = settings.access_token_ttl if ttl is None else ttl
     now = time.time()
-    # iat (to the microsecond, as the database keeps tokens_valid_after) lets a password reset
-    # end every token issued before it.
-    payload = {"sub": user.id, "cid": user.customer_id, "role": user.role, "exp": int(now) + lifetime,
-               "iat": round(now, 6), "typ": "access"}  # fmt: skip
-    body = _b64encode(json.dumps(payload, separators=(",", ":")).encode())
-    return f"{body}.{_signature(settings, body)}", lifetime
+    key = _signing_key(settings.secret_key)
+    # iat to the microsecond (as the database keeps tokens_valid_after) lets a password reset end
+    # every token issued before it.
+    claims = {"iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE, "sub": user.id, "iat": round(now, 6),
+              "exp": int(now) + lifetime, "cid": user.customer_id, "role": user.role, "typ": "access"}
+    token = jwt.encode(claims, key, algorithm=TOKEN_ALGORITHM, headers={"kid": _key_id(key)})
+    return token, lifetime
 
 
 def _claims(settings: Settings, token: str, *, allow_expired: bool = False) -> tuple[Principal, float]:
-    """The principal a token names and when it was issued (0 for tokens older than `iat`)."""
-    body, dot, signature = token.partition(".")
-    if not dot or not hmac.compare_digest(_signature(settings, body).encode(), signature.encode()):
-        raise AuthError(401, "bad token")
+    """The principal a token names and when it was issued."""
+    if token.count(".") == 1:
+        # The signed format before JWTs: refused like an expired token, so clients refresh.
+        raise AuthError(401, "token expired")
     try:
-        payload = json.loads(_b64decode(body))
-        sub, cid, role, exp, typ = payload["sub"], payload["cid"], payload["role"], payload["exp"], payload["typ"]
-        issued_at = payload.get("iat", 0)
-    except (ValueError, KeyError, TypeError, AttributeError):
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = _verification_keys(settings).get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise AuthError(401, "bad token")
+        payload = jwt.decode(
+            token, key, algorithms=[TOKEN_ALGORITHM], audience=TOKEN_AUDIENCE, issuer=TOKEN_ISSUER,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"], "verify_exp": not allow_expired},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError(401, "token expired") from None
+    except jwt.PyJWTError:
         raise AuthError(401, "bad token") from None
+    sub, cid, role, typ, issued_at = (payload.get(name) for name in ("sub", "cid", "role", "typ", "iat"))
     if (
         typ != "access"
         or not isinstance(sub, str)
         or not (cid is None or isinstance(cid, str))
         or role not in accounts.ROLES
-        or not isinstance(exp, int)
         or not isinstance(issued_at, (int, float))
     ):
         raise AuthError(401, "bad token")
-    if exp <= time.time() and not allow_expired:
-        raise AuthError(401, "token expired")
     return Principal(customer_id=cid, role=role, user_id=sub), float(issued_at)
 
 

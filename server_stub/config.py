@@ -91,6 +91,14 @@ def _secret_key(env: Mapping[str, str], database_url: str) -> str:
     return _persisted_secret(db_file.parent if db_file is not None else data_dir())
 
 
+def _previous_secret_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """WEBHOST_SECRET_KEY_PREVIOUS: comma-separated secrets a rotation retired (tokens only)."""
+    keys = tuple(key.strip() for key in env.get("WEBHOST_SECRET_KEY_PREVIOUS", "").split(",") if key.strip())
+    if any(len(key) < MIN_SECRET_KEY_CHARS for key in keys):
+        raise ConfigError(f"each WEBHOST_SECRET_KEY_PREVIOUS entry must be at least {MIN_SECRET_KEY_CHARS} characters")
+    return keys
+
+
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "")
     if not raw:
@@ -150,6 +158,8 @@ class Settings:
     database_url: str
     secret_key: str
     environment: str = PRODUCTION  # WEBHOST_ENV
+    # Secrets being rotated out: access tokens they signed still verify until they expire.
+    previous_secret_keys: tuple[str, ...] = ()
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -179,6 +189,7 @@ class Settings:
             database_url=database_url,
             secret_key=_secret_key(env, database_url),
             environment=environment(env),
+            previous_secret_keys=_previous_secret_keys(env),
             redis_url=env.get("REDIS_URL") or None,
             host=env.get("HOST", "") or "127.0.0.1",
             port=_int(env, "PORT", 8000, 1, 65535),

@@ -14,13 +14,13 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import orjson
 
 from server_stub.positions import Fix, iso
+from sync.formats import gpx_decimal
 
 GPX_NS = "http://www.topografix.com/GPX/1/1"
 GPX10_NS = "http://www.topografix.com/GPX/1/0"
@@ -83,11 +83,6 @@ def _plain(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-def _decimal(value: float) -> str:
-    """xsd:decimal text for a float: exact, never in exponent notation."""
-    return format(Decimal(repr(value)), "f")
-
-
 def to_gpx(fixes: Iterable[Fix], *, name: str, created: float, creator: str = "WebHost Fleet") -> str:
     """One GPX 1.1 track (one trkseg) of the fixes, valid against the GPX 1.1 schema."""
     lines = [
@@ -99,20 +94,20 @@ def to_gpx(fixes: Iterable[Fix], *, name: str, created: float, creator: str = "W
         f"<trk><name>{_xml_text(name)}</name><trkseg>",
     ]
     for fix in fixes:
-        point = [f'<trkpt lat="{_decimal(fix.lat)}" lon="{_decimal(fix.lon)}">']
+        point = [f'<trkpt lat="{gpx_decimal(fix.lat)}" lon="{gpx_decimal(fix.lon)}">']
         if fix.altitude is not None:
-            point.append(f"<ele>{_decimal(fix.altitude)}</ele>")
+            point.append(f"<ele>{gpx_decimal(fix.altitude)}</ele>")
         point.append(f"<time>{iso(fix.t)}</time>")
         tpx = []
         if fix.speed_kph is not None:
-            tpx.append(f"<gpxtpx:speed>{_decimal(fix.speed_kph / MPS_KPH)}</gpxtpx:speed>")
+            tpx.append(f"<gpxtpx:speed>{gpx_decimal(fix.speed_kph / MPS_KPH)}</gpxtpx:speed>")
         if fix.course is not None:
-            tpx.append(f"<gpxtpx:course>{_decimal(fix.course % 360.0)}</gpxtpx:course>")
+            tpx.append(f"<gpxtpx:course>{gpx_decimal(fix.course % 360.0)}</gpxtpx:course>")
         extensions = []
         if tpx:
             extensions.append("<gpxtpx:TrackPointExtension>" + "".join(tpx) + "</gpxtpx:TrackPointExtension>")
         if fix.accuracy is not None:
-            extensions.append(f"<wh:accuracy>{_decimal(fix.accuracy)}</wh:accuracy>")
+            extensions.append(f"<wh:accuracy>{gpx_decimal(fix.accuracy)}</wh:accuracy>")
         if extensions:
             point.append("<extensions>" + "".join(extensions) + "</extensions>")
         point.append("</trkpt>")

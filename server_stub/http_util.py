@@ -9,12 +9,13 @@ import re
 import time
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from server_stub.auth import AuthError, Principal
 from server_stub.http_auth import JSON_API, json_api_error, principal_from_request
@@ -244,3 +245,16 @@ async def transact(request: Request, tenant_id: str, who: Principal,
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(request.app.state.projector.flush(), PROJECTION_WAIT_SECONDS)
     return result
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def method_route(path: str, handlers: Mapping[str, Endpoint]) -> Route:
+    """One route per path, dispatching on the method: with a route per method Starlette answers
+    405 and OPTIONS with the first route's `Allow` header alone."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, endpoint, methods=list(handlers))

@@ -223,10 +223,32 @@ def document() -> dict[str, Any]:
                 "status": {"type": "string", "enum": ["ok", "degraded"]}, "version": {"type": "string"}}}}}},
         "503": {"description": "database unreachable", "content": {"application/json": {"schema": {
             "type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}}}}}}}
+    _name_operations(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "WebHost Fleet API", "version": "1"},
+        # Relative: the document describes whichever server serves it (behind any proxy path).
+        "servers": [{"url": "/", "description": "the server that serves this document"}],
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     }
+
+
+_VERBS = {"get": "get", "post": "create", "patch": "update", "put": "replace", "delete": "delete"}
+
+
+def _name_operations(paths: dict[str, Any]) -> None:
+    """Give every operation a stable operationId from its method and path, so generated clients
+    get names like `getVehiclesById` or `createPositions` (explicit ids are kept)."""
+    for path, operations in paths.items():
+        words = [part for part in path.removeprefix("/api/v1").split("/") if part]
+        name = "".join(
+            "By" + part.strip("{}").title().replace("_", "") if part.startswith("{") else
+            part.replace("-", "_").title().replace("_", "")
+            for part in words
+        )
+        for method, operation in operations.items():
+            if method in _VERBS and isinstance(operation, dict):
+                paged = any(p.get("name", "").startswith("page[") for p in operation.get("parameters", []))
+                operation.setdefault("operationId", ("list" if method == "get" and paged else _VERBS[method]) + name)

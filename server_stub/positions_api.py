@@ -27,6 +27,7 @@ from server_stub.http_util import (
     error_response,
     int_param,
     json_ok,
+    method_route,
     principal,
     read_body,
     service,
@@ -125,8 +126,7 @@ async def read_events(request: Request) -> Response:
 
 # Before rest.routes in the app: its /api/v1/{collection} pattern would shadow these.
 routes: list[BaseRoute] = [
-    Route("/api/v1/positions", ingest_positions, methods=["POST"]),
-    Route("/api/v1/positions", read_positions, methods=["GET"]),
+    method_route("/api/v1/positions", {"GET": read_positions, "POST": ingest_positions}),
     Route("/api/v1/events", read_events, methods=["GET"]),
     Route("/api/v1/osmand", osmand.osmand_endpoint, methods=["GET", "POST"]),
     Route("/api/v1/reports/trips", reports.trips_endpoint, methods=["GET"]),

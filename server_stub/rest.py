@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from server_stub import devices
 from server_stub.auth import AuthError, Principal
@@ -24,12 +23,14 @@ from server_stub.http_util import (
     MAX_PAGE_NUMBER,
     MAX_RECORD_BODY_BYTES,
     ApiError,
+    method_route,
     read_json,
     tenant_id_param,
     transact,
 )
 from storage.repository import BadBBox, check_bbox
 from sync.document import FleetDocument
+from sync.formats import rfc7946_geometry
 from sync.schema import COLLECTIONS
 from sync.services import RecordNotFound, create_record, delete_record, update_record
 from sync.validation import ValidationError
@@ -81,6 +82,8 @@ def _link(base: str, collection: str, record_id: str) -> str:
 
 def _resource(collection: str, row: dict[str, Any], base: str) -> dict[str, Any]:
     data = row["data"] if isinstance(row["data"], dict) else json.loads(row["data"])
+    if "geometry" in data:  # stored as drawn; answered as RFC 7946 wants (rings rewound)
+        data = {**data, "geometry": rfc7946_geometry(data["geometry"])}
     return {
         "type": collection,
         "id": row["id"],
@@ -347,9 +350,7 @@ async def delete_resource(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/v1/{collection}", list_resources, methods=["GET"]),
-    Route("/api/v1/{collection}", create_resource, methods=["POST"]),
-    Route("/api/v1/{collection}/{record_id}", get_resource, methods=["GET"]),
-    Route("/api/v1/{collection}/{record_id}", update_resource, methods=["PATCH"]),
-    Route("/api/v1/{collection}/{record_id}", delete_resource, methods=["DELETE"]),
+    method_route("/api/v1/{collection}", {"GET": list_resources, "POST": create_resource}),
+    method_route("/api/v1/{collection}/{record_id}",
+                 {"GET": get_resource, "PATCH": update_resource, "DELETE": delete_resource}),
 ]

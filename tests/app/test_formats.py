@@ -90,3 +90,17 @@ def test_csv_rows_are_typed_by_the_schema_and_round_trip() -> None:
     assert fence.fields == {"name": "Yard", "active": False, "speed_limit_kph": "fast"}  # validation names it
     with pytest.raises(FormatError, match="'name' column"):
         parse_csv("plate\nX\n", "vehicles")
+
+
+def test_desktop_exports_write_gpx_decimals_and_rfc7946_rings() -> None:
+    import shapely
+
+    route = {"name": "Equator", "geometry": {"type": "LineString", "coordinates": [[2e-05, -1e-07], [0.5, 0.5]]}}
+    gpx = write_gpx([route], [("Track", [(1_765_000_000.0, 2e-05, -3e-06)])])
+    assert "e-0" not in gpx
+    assert 'lat="-0.0000001" lon="0.00002"' in gpx and 'lat="-0.000003"' in gpx
+    clockwise = {"name": "Depot", "geometry": {"type": "Polygon", "coordinates": [
+        [[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]]}}
+    feature = json.loads(write_geojson([], [clockwise]))["features"][0]
+    assert shapely.LinearRing(feature["geometry"]["coordinates"][0]).is_ccw
+    assert clockwise["geometry"]["coordinates"][0][1] == [0.0, 1.0]  # the record itself is untouched

@@ -6,6 +6,7 @@ import base64
 import json
 from dataclasses import replace
 
+import jwt
 import pytest
 
 from server_stub import accounts, auth
@@ -40,24 +41,65 @@ def test_expired_access_token_is_refused_as_expired(settings: Settings) -> None:
     assert caught.value.status == 401
 
 
-@pytest.mark.parametrize("tamper", ["payload", "signature", "garbage", "other-key"])
+@pytest.mark.parametrize("tamper", ["payload", "signature", "garbage", "other-key", "alg-none", "audience",
+                                    "issuer", "unknown-kid"])
 def test_tampered_access_token_is_a_bad_token(settings: Settings, tamper: str) -> None:
     user = accounts.User("u1", "t1", "a@b.co", "field", False, accounts.utcnow())
     token, _ = auth.issue_access_token(settings, user)
-    body, signature = token.split(".")
+    header, body, signature = token.split(".")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    key = auth._signing_key(settings.secret_key)
+    kid = jwt.get_unverified_header(token)["kid"]
     if tamper == "payload":
-        claims = json.loads(base64.urlsafe_b64decode(body + "=="))
         claims["role"] = "platform_admin"
-        token = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode() + "." + signature
+        forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        token = f"{header}.{forged}.{signature}"
     elif tamper == "signature":
-        token = body + "." + signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
+        token = f"{header}.{body}." + signature[:-2] + ("AA" if not signature.endswith("AA") else "BB")
     elif tamper == "garbage":
         token = "not-a-token"
-    else:
+    elif tamper == "other-key":
         token, _ = auth.issue_access_token(replace(settings, secret_key="another-secret-" + "y" * 40), user)
+    elif tamper == "alg-none":
+        token = jwt.encode({**claims, "role": "platform_admin"}, None, algorithm="none", headers={"kid": kid})
+    elif tamper == "audience":
+        token = jwt.encode({**claims, "aud": "someone-else"}, key, algorithm="HS256", headers={"kid": kid})
+    elif tamper == "issuer":
+        token = jwt.encode({**claims, "iss": "someone-else"}, key, algorithm="HS256", headers={"kid": kid})
+    else:
+        token = jwt.encode(claims, key, algorithm="HS256", headers={"kid": "0123456789abcdef"})
     with pytest.raises(AuthError, match="bad token") as caught:
         auth.verify_access_token(settings, token)
     assert caught.value.status == 401
+
+
+def test_access_tokens_are_standard_jwts_any_tool_can_verify(settings: Settings) -> None:
+    user = accounts.User("u1", "t1", "a@b.co", "dispatcher", False, accounts.utcnow())
+    token, lifetime = auth.issue_access_token(settings, user)
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256" and header["typ"] == "JWT" and len(header["kid"]) == 16
+    claims = jwt.decode(token, auth._signing_key(settings.secret_key), algorithms=["HS256"],
+                        audience="webhost-fleet-api", issuer="webhost-fleet")
+    assert (claims["sub"], claims["cid"], claims["role"], claims["typ"]) == ("u1", "t1", "dispatcher", "access")
+    assert claims["exp"] - claims["iat"] == pytest.approx(lifetime, abs=1)
+
+
+def test_a_token_of_the_previous_format_is_refused_like_an_expired_one(settings: Settings) -> None:
+    payload = base64.urlsafe_b64encode(b'{"sub":"u1","cid":"t1","role":"admin","exp":9999999999,"typ":"access"}')
+    old = payload.rstrip(b"=").decode() + ".c2lnbmF0dXJl"
+    with pytest.raises(AuthError, match="token expired") as caught:
+        auth.verify_access_token(settings, old)
+    assert caught.value.status == 401
+
+
+def test_tokens_signed_with_a_retired_secret_verify_until_they_expire(settings: Settings) -> None:
+    user = accounts.User("u1", "t1", "a@b.co", "admin", False, accounts.utcnow())
+    old_token, _ = auth.issue_access_token(settings, user)
+    rotated = replace(settings, secret_key="the-new-secret-" + "z" * 40, previous_secret_keys=(settings.secret_key,))
+    assert auth.verify_access_token(rotated, old_token).user_id == "u1"
+    assert auth.verify_access_token(rotated, auth.issue_access_token(rotated, user)[0]).user_id == "u1"
+    with pytest.raises(AuthError, match="bad token"):  # once the old secret is dropped, so are its tokens
+        auth.verify_access_token(replace(rotated, previous_secret_keys=()), old_token)
 
 
 async def test_disabled_user_or_tenant_loses_access_before_token_expiry(db: Database, settings: Settings) -> None:

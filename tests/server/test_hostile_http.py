@@ -363,3 +363,11 @@ def test_a_position_batch_refuses_an_unstorable_device_id_beside_a_known_vehicle
     result = http.post("/api/v1/positions", json={"positions": batch}).json()
     assert result["accepted"] == 1
     assert [r["index"] for r in result["rejected"]] == [0] and "NUL" in result["rejected"][0]["reason"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/positions", "/api/v1/osmand", "/api/v1/vehicles"])
+def test_options_and_unsupported_methods_name_every_method_the_path_has(http: httpx.Client, path: str) -> None:
+    response = http.request("PUT", path, content=b"{}")
+    assert response.status_code == 405
+    allowed = {method.strip() for method in response.headers["allow"].split(",")}
+    assert {"GET", "POST"} <= allowed, allowed

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import shapely
 from starlette.routing import Route
 from websockets.sync.client import connect as ws_connect
 
@@ -422,3 +423,14 @@ def test_metrics_are_prometheus_text_and_count_an_open_sync_socket(live: LiveSer
     with client(live) as http:
         for line in http.get("/metrics").text.splitlines():
             assert line.startswith("#") or METRIC_LINE.match(line), line
+
+
+def test_a_clockwise_polygon_is_stored_as_drawn_and_answered_counterclockwise(shared_http: httpx.Client) -> None:
+    clockwise = [[[13.30, 52.50], [13.30, 52.60], [13.40, 52.60], [13.40, 52.50], [13.30, 52.50]]]
+    created = shared_http.post("/api/v1/geofences", json={"data": {"type": "geofences", "attributes": {
+        "name": "Pre-RFC depot", "geometry": {"type": "Polygon", "coordinates": clockwise}}}})
+    assert created.status_code == 201, created.text
+    for response in (created, shared_http.get(created.headers["location"])):
+        ring = response.json()["data"]["attributes"]["geometry"]["coordinates"][0]
+        assert shapely.LinearRing(ring).is_ccw  # RFC 7946 §3.1.6
+        assert sorted(map(tuple, ring)) == sorted(map(tuple, clockwise[0]))
