@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from server_stub.auth import AuthError, Principal
 from server_stub.http_auth import JSON_API, json_api_error, principal_from_request
-from server_stub.positions import FixRejected, parse_timestamp
+from server_stub.positions import MAX_FUTURE_SECONDS, FixRejected, parse_timestamp
 from server_stub.rooms import RoomUnavailable
 from sync.document import FleetDocument
 from sync.room import RoomBroken, RoomClosed, WriteFailed
@@ -197,8 +197,9 @@ def time_param(request: Request, name: str, default: float) -> float:
 
 
 def time_range(request: Request) -> tuple[float, float]:
-    """`from` (inclusive) and `to` (exclusive): ISO 8601 or Unix seconds/ms; the last 24 h by default."""
-    end = time_param(request, "to", time.time() + 1.0)
+    """`from` (inclusive) and `to` (exclusive): ISO 8601 or Unix seconds/ms; by default the last
+    24 h up to the end of the future window ingest accepts (a phone whose clock runs ahead)."""
+    end = time_param(request, "to", time.time() + MAX_FUTURE_SECONDS + 1.0)
     start = time_param(request, "from", end - DEFAULT_RANGE_SECONDS)
     if start > end:
         raise ApiError(400, "bad parameter", "from must not be after to")

@@ -122,6 +122,14 @@ def paths() -> dict[str, Any]:
                     "400": _error("bad parameter"), **_AUTH},
             },
         },
+        "/api/v1/positions/latest": {"get": {
+            "summary": "The newest fix of every vehicle, or of those named (whatever its age)",
+            "parameters": [_query("vehicle_id", "comma-separated vehicle ids (default: every vehicle)")],
+            "responses": {"200": {"description": "one fix per vehicle that has reported, by vehicle id", "content": {
+                _JSON: {"schema": {"type": "object", "properties": {
+                    "data": {"type": "array", "items": _FIX}, "meta": {"type": "object"}}}}}},
+                "400": _error("bad parameter"), **_AUTH},
+        }},
         "/api/v1/events": {"get": {
             "summary": "Geofence enter/exit and overspeed events computed on ingest",
             "parameters": [_query("vehicle_id", "only this vehicle"), *_RANGE,

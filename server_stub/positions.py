@@ -817,14 +817,18 @@ class PositionService:
             )
         return [row_to_event(row) for row in rows]
 
-    async def latest(self, tenant_id: str) -> list[dict[str, Any]]:
-        """Each vehicle's newest fix (vehicle_state), for a map that has just opened."""
+    async def latest_fixes(self, tenant_id: str) -> list[Fix]:
+        """Each vehicle's newest fix by fix time (vehicle_state: a late upload never replaces it)."""
         async with self.db.transaction(customer_id=tenant_id) as tx:
             rows = await tx.fetch(
                 "SELECT vehicle_id, device_id, fix_time, lat, lon, speed_kph, course, altitude, accuracy, attributes "
                 "FROM vehicle_state WHERE customer_id = ? AND fix_time IS NOT NULL ORDER BY vehicle_id", (tenant_id,),
             )
-        return [position_message(row_to_fix(row)) for row in rows]
+        return [row_to_fix(row) for row in rows]
+
+    async def latest(self, tenant_id: str) -> list[dict[str, Any]]:
+        """Each vehicle's newest fix as a live message, for a map that has just opened."""
+        return [position_message(fix) for fix in await self.latest_fixes(tenant_id)]
 
     async def device_owners(self, device_id: str) -> list[tuple[str, str]]:
         """(tenant, vehicle) pairs a device id is registered on, across every tenant."""

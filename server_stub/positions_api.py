@@ -107,6 +107,22 @@ async def read_positions(request: Request) -> Response:
     return Response(to_json(fixes, meta), media_type="application/json", headers=headers)
 
 
+async def latest_positions(request: Request) -> Response:
+    """GET /api/v1/positions/latest[?vehicle_id=a,b]: the newest fix of every vehicle (or of those
+    named), whatever its age: what a map needs when it opens."""
+    try:
+        who = await principal(request)
+        tenant = tenant_of(request, who)
+        named = text_param(request, "vehicle_id")
+        wanted = {part.strip() for part in named.split(",") if part.strip()} if named else None
+        fixes = await service(request).latest_fixes(tenant)
+    except (ApiError, AuthError) as exc:
+        return error_response(exc)
+    if wanted is not None:
+        fixes = [fix for fix in fixes if fix.vehicle_id in wanted]
+    return Response(to_json(fixes, {"count": len(fixes)}), media_type="application/json")
+
+
 async def read_events(request: Request) -> Response:
     try:
         who = await principal(request)
@@ -127,6 +143,7 @@ async def read_events(request: Request) -> Response:
 # Before rest.routes in the app: its /api/v1/{collection} pattern would shadow these.
 routes: list[BaseRoute] = [
     method_route("/api/v1/positions", {"GET": read_positions, "POST": ingest_positions}),
+    Route("/api/v1/positions/latest", latest_positions, methods=["GET"]),
     Route("/api/v1/events", read_events, methods=["GET"]),
     Route("/api/v1/osmand", osmand.osmand_endpoint, methods=["GET", "POST"]),
     Route("/api/v1/reports/trips", reports.trips_endpoint, methods=["GET"]),

@@ -437,3 +437,33 @@ def test_sqlite_retention_prunes_each_tenant_at_its_own_plan(tmp_path: Any) -> N
     report, left = asyncio.run(scenario())
     assert report.mode == "plain" and report.deleted_rows == 1
     assert left == ["hobby:10", "pro:10", "pro:60"]
+
+
+def test_latest_gives_each_vehicles_newest_fix_and_a_late_upload_does_not_replace_it(
+        live: LiveServer, tenant: Tenant) -> None:
+    now = now_s()
+    with client(live, tenant.tokens["dispatcher"]) as http:
+        vans = [create_vehicle(http, f"Van L{i}") for i in range(3)]
+        silent = create_vehicle(http, "Never reported")
+        for i, van in enumerate(vans):
+            assert post_batch(http, [fix(van, now - 600 + s, lat=BASE_LAT + i * 0.01 + s * 1e-5) for s in range(5)])[
+                "accepted"] == 5
+        assert post_batch(http, [fix(vans[0], now - 3000)])["accepted"] == 1  # a late upload, older than the newest
+        everything = http.get("/api/v1/positions/latest")
+        assert everything.status_code == 200, everything.text
+        latest = {item["vehicle_id"]: item for item in everything.json()["data"]}
+        assert set(latest) == set(vans) and silent not in latest
+        assert all(item["fix_time"] == iso(now - 596) for item in latest.values())
+        assert latest[vans[1]]["lat"] == pytest.approx(BASE_LAT + 0.01 + 4e-5)
+        named = http.get("/api/v1/positions/latest", params={"vehicle_id": f"{vans[2]},{silent}"}).json()
+        assert [item["vehicle_id"] for item in named["data"]] == [vans[2]] and named["meta"]["count"] == 1
+        assert http.get("/api/v1/positions/latest", params={"vehicle_id": "a\x00b"}).status_code == 400
+
+
+def test_reads_by_default_include_fixes_from_a_clock_running_ahead(live: LiveServer, tenant: Tenant) -> None:
+    now = now_s()
+    with client(live, tenant.tokens["dispatcher"]) as http:
+        van = create_vehicle(http, "Fast clock")
+        assert post_batch(http, [fix(van, now + 120)])["accepted"] == 1  # within the accepted future window
+        default_range = http.get("/api/v1/positions", params={"vehicle_id": van}).json()  # no from, no to
+        assert [row["fix_time"] for row in default_range["data"]] == [iso(now + 120)]
