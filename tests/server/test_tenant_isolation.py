@@ -254,6 +254,7 @@ VEHICLE_READS: dict[str, tuple[str, dict[str, str]]] = {
     "positions-csv": ("/api/v1/positions", {"format": "csv"}),
     "positions-gpx": ("/api/v1/positions", {"format": "gpx"}),
     "events": ("/api/v1/events", {}),
+    "latest": ("/api/v1/positions/latest", {}),
     "trips": ("/api/v1/reports/trips", {}),
     "stops": ("/api/v1/reports/stops", {}),
 }
@@ -293,7 +294,7 @@ def test_foreign_tenant_position_reads_are_indistinguishable_from_a_missing_vehi
 def test_foreign_tenant_lists_of_positions_and_events_hold_nothing_of_a(world: World, credential: str) -> None:
     cred = world.b_credentials[credential]
     with client(world.server, cred.token) as http:
-        for path in ("/api/v1/positions", "/api/v1/events"):
+        for path in ("/api/v1/positions", "/api/v1/events", "/api/v1/positions/latest"):
             response = http.get(path, params={**world.window, "tenant": world.a.id})
             assert response.status_code == (200 if cred.can_read else 403), response.text
             if cred.can_read:
